@@ -1,0 +1,3 @@
+"""Engagement Index: real-time engagement scores and lifecycle stages per contact."""
+
+__version__ = "0.1.0"

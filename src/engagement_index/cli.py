@@ -1,0 +1,68 @@
+"""The ``engagement-index`` command line: one sub-command per module in ``commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from engagement_index import __version__
+from engagement_index.errors import EngagementIndexError
+
+# sub-command name -> module under engagement_index.commands exposing
+# ``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int``.
+# Modules are imported lazily so ``replay`` does not pay for importing Faust.
+SUBCOMMANDS: dict[str, str] = {
+    "replay": "replay",
+    "schemas": "schemas",
+    "topics": "topics",
+    "worker": "worker",
+    "demo": "demo",
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """Build the parser, importing only the sub-command that ``argv`` names."""
+    parser = argparse.ArgumentParser(
+        prog="engagement-index",
+        description="Real-time engagement scores and lifecycle stages per contact.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, module_name in SUBCOMMANDS.items():
+        if wanted is not None and name != wanted:
+            sub.add_parser(name, help=f"(run 'engagement-index {name} --help')")
+            continue
+        try:
+            module = importlib.import_module(f"engagement_index.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"engagement_index.commands.{module_name}":
+                raise
+            continue
+        child = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(child)
+        child.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.error(f"sub-command {args.command!r} is not available in this build")
+    try:
+        return int(run(args))
+    except EngagementIndexError as exc:
+        print(f"engagement-index: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``engagement-index`` command line, one module each."""
