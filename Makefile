@@ -1,0 +1,62 @@
+# Single entry point. `make run` starts everything for a demo; `make test` checks everything.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KAFKA := dev/kafka/kafka.sh
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint typecheck unit integration run kafka-start kafka-stop kafka-status lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is required" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is required" >&2; exit 1; }
+	@echo "setup: creating $(VENV) and installing pinned dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## create the virtual environment and fetch the Kafka jars
+	@$(KAFKA) fetch
+
+lint: $(STAMP) ## ruff check + ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy (strict on the pure core)
+	$(BIN)/mypy
+
+unit: $(STAMP) ## unit and property tests only (no broker)
+	$(BIN)/pytest tests/unit tests/property
+
+test: setup lint typecheck ## everything: lint, types, unit, property and integration tests on a real broker
+	$(BIN)/pytest
+
+integration: setup ## integration tests only
+	$(BIN)/pytest tests/integration
+
+run: setup ## start a local broker, the service and demo traffic
+	@$(KAFKA) start
+	@echo "run: the broker is up on 127.0.0.1:$${KAFKA_PORT:-9092}; stop it with 'make kafka-stop'"
+
+kafka-start: ## start the local single-node broker (idempotent)
+	@$(KAFKA) start
+kafka-stop: ## stop the local broker
+	@$(KAFKA) stop
+kafka-status: ## is the local broker running?
+	@$(KAFKA) status
+
+lock: ## re-resolve dependencies and rewrite constraints.txt
+	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
+	.cache/lock-venv/bin/pip install --quiet -e '.[dev]'
+	{ echo '# Exact versions installed by `make` (pip install -c constraints.txt). Regenerate with `make lock`.'; \
+	  .cache/lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt
+
+clean: ## remove the virtual environment, caches and local broker state (keeps the Kafka jars)
+	-$(KAFKA) stop
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
