@@ -1,0 +1,95 @@
+"""Every Prometheus metric of the service, created against a registry the caller passes in.
+
+Label values are drawn from small fixed sets (channels, outcomes, failure types, stages,
+reasons): never contact ids, emails or tenants' free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The service's metrics bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "engagement_events_consumed_total",
+            "Inbound records consumed, by channel and outcome.",
+            ["channel", "outcome"],  # outcome: scored | duplicate | dead_lettered | rekeyed
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "engagement_dead_letters_total",
+            "Records sent to the dead-letter topic, by failure type.",
+            ["failure_type"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "engagement_transitions_total",
+            "Stage transitions emitted, by stage pair and reason.",
+            ["from_stage", "to_stage", "reason"],
+            registry=r,
+        )
+        self.score_snapshots = Counter(
+            "engagement_score_snapshots_total", "Score snapshots published.", registry=r
+        )
+        self.processing_latency = Histogram(
+            "engagement_processing_latency_seconds",
+            "From an inbound record's timestamp to its state and outputs being written.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_time_lag = Gauge(
+            "engagement_event_time_lag_seconds",
+            "Wall clock minus the event timestamp of the newest scored event, by channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.contacts_per_stage = Gauge(
+            "engagement_contacts",
+            "Contacts owned by this worker, by lifecycle stage.",
+            ["stage"],
+            registry=r,
+        )
+        self.due_index_size = Gauge(
+            "engagement_due_index_entries",
+            "Contacts with a pending decay transition in this worker's due-time index.",
+            registry=r,
+        )
+        self.decay_ticks = Counter(
+            "engagement_decay_ticks_total", "Decay wake-ups sent by the timer.", registry=r
+        )
+        self.recovery_remaining = Gauge(
+            "engagement_recovery_remaining_records",
+            "Changelog records still to apply before this worker is ready.",
+            registry=r,
+        )
+        self.recovery_contacts = Counter(
+            "engagement_recovery_contacts_total",
+            "Contacts re-indexed from local state after an assignment.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "engagement_worker_ready", "1 when partitions are assigned and recovered.", registry=r
+        )
+        self.batch_size = Histogram(
+            "engagement_batch_records",
+            "Records per processed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.errors = Counter(
+            "engagement_worker_errors_total",
+            "Unexpected errors caught in the agent loop, by stage of processing.",
+            ["where"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition of this registry."""
+        return generate_latest(self.registry)

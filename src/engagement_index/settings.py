@@ -1,0 +1,57 @@
+"""Service settings, read from ``ENGAGEMENT_INDEX_*`` environment variables (and flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """Everything a worker needs that is not the topology or the scoring model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ENGAGEMENT_INDEX_", frozen=True, extra="forbid", populate_by_name=True
+    )
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "ENGAGEMENT_INDEX_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers"
+        ),
+        description="Kafka bootstrap servers, comma separated",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: Path | None = None
+
+    topology_file: Path = REPO_ROOT / "streams" / "topology.yaml"
+    model_file: Path = REPO_ROOT / "config" / "models" / "default.yaml"
+    data_dir: Path = REPO_ROOT / "var" / "worker"
+
+    web_bind: str = Field(default="127.0.0.1", description="address the HTTP server binds to")
+    web_host: str = Field(
+        default="127.0.0.1", description="host other workers use to reach this one (routing)"
+    )
+    web_port: int = Field(default=6066, ge=1, le=65535)
+
+    max_record_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_future_seconds: float = Field(default=300.0, ge=0)
+    max_age_days: float = Field(default=400.0, gt=0)
+    score_step: float = Field(
+        default=1.0, ge=0, description="publish a score snapshot when the index moves this much"
+    )
+    batch_size: int = Field(default=1000, ge=1)
+    batch_within_seconds: float = Field(default=0.02, gt=0)
+    tick_interval_seconds: float = Field(default=0.2, gt=0)
+    tick_retry_seconds: float = Field(default=5.0, gt=0)
+    commit_interval_seconds: float = Field(default=1.0, gt=0)
+    history_size: int = Field(default=10, ge=1, le=100)
+    rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,0 +1,382 @@
+"""The Faust application: wiring only. Decode, call the core (via BatchScorer), store, send.
+
+Ordering and delivery (see docs/streaming.md):
+* One agent reads every scoring source (inbound channels, re-key topic, tick topic); they are
+  co-partitioned, so a contact's records all arrive on one partition number of this worker.
+* Per batch: outputs are sent and acknowledged first, then the tables are written, then the
+  batch's offsets become committable. State is never ahead of published outputs.
+* Decay: a per-worker timer pops due contacts from the in-memory due-time index and sends a
+  wake-up to the tick topic on the contact's partition; the agent applies it in stream context
+  (Faust forbids table writes from timers). The index is rebuilt from the local table after
+  every recovery; the timer never iterates contacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import Counter as CounterDict
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, cast
+
+import faust
+from faust.exceptions import SameNode
+from faust.streams import _current_event
+from faust.web import Request, Response, View
+
+from engagement_index import __version__
+from engagement_index.core.events import ContactKey
+from engagement_index.core.lifecycle import evaluate
+from engagement_index.core.model import ScoringModel
+from engagement_index.core.state import decode_state
+from engagement_index.metrics import Metrics
+from engagement_index.settings import Settings
+from engagement_index.stream.due_index import DueIndex
+from engagement_index.stream.scoring import (
+    BatchScorer,
+    InboundRecord,
+    OutboundRecord,
+    encode_tick,
+    stage_of,
+)
+from engagement_index.stream.stored import StoredContact
+from engagement_index.topology import Topology
+
+log = logging.getLogger("engagement_index.worker")
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch, from the wall clock (I/O layer only)."""
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.contextmanager
+def _in_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event, so table access uses its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def broker_urls(settings: Settings) -> list[str]:
+    """Faust broker URLs from the comma-separated bootstrap servers."""
+    return [f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")]
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for SASL/SSL settings, or None for PLAINTEXT."""
+    import ssl
+
+    context = None
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+    if settings.security_protocol.startswith("SASL"):
+        if settings.sasl_mechanism and settings.sasl_mechanism.startswith("SCRAM"):
+            mechanism = settings.sasl_mechanism
+        else:
+            mechanism = "PLAIN"
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            ssl_context=context,
+            mechanism=mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+class Worker:
+    """A Faust app with the scoring agent, decay timer, tables and web views."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        model: ScoringModel,
+        metrics: Metrics | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.model = model
+        self.metrics = metrics or Metrics()
+        self.clock_ms = clock_ms
+        self.due = DueIndex()
+        self.stage_counts: CounterDict[str] = CounterDict()
+        self.recovered = False
+        self.scorer = BatchScorer(
+            model=model,
+            topology=topology,
+            settings=settings,
+            metrics=self.metrics,
+            clock_ms=clock_ms,
+        )
+        partitions = topology.scoring_partitions
+        self.app = faust.App(
+            topology.app_id,
+            broker=broker_urls(settings),
+            broker_credentials=broker_credentials(settings),
+            store="rocksdb://",
+            datadir=str(settings.data_dir),
+            version=1,
+            autodiscover=False,
+            web_enabled=True,
+            web_bind=settings.web_bind,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            web_stats_enabled=False,
+            web_graph_enabled=False,
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_metrics_enabled=False,
+            topic_partitions=partitions,
+            topic_replication_factor=topology.replication_factor,
+            table_standby_replicas=0,
+            broker_commit_interval=settings.commit_interval_seconds,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_linger_ms=5,
+            stream_wait_empty=True,
+            logging_config=None,
+        )
+        table_options = {"block_cache_size": settings.rocksdb_block_cache_bytes}
+        self.contacts = self.app.Table(
+            "contacts",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            options=table_options,
+        )
+        self.history = self.app.Table(
+            "history",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            options=table_options,
+        )
+        self.source = self.app.topic(
+            *topology.scoring_sources,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
+        self.contacts.on_recover(self._rebuild_due_index)
+        self.app.agent(self.source, name="score")(self._score_agent)
+        self.app.timer(settings.tick_interval_seconds)(self._decay_timer)
+        self._register_views()
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
+
+    # ------------------------------------------------------------------ agent
+    async def _score_agent(self, stream: Any) -> AsyncIterator[None]:
+        async for events in stream.take_events(
+            self.settings.batch_size, within=self.settings.batch_within_seconds
+        ):
+            try:
+                await self.process_batch(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let an error kill the agent; the batch is re-delivered
+                self.metrics.errors.labels(where="batch").inc()
+                log.exception("batch of %d records failed; it will be retried", len(events))
+                await asyncio.sleep(1.0)
+                raise
+            yield None
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
+        """Score one batch: send and await outputs, then write the tables."""
+        records = [
+            InboundRecord(
+                topic=e.message.topic,
+                partition=e.message.partition,
+                offset=e.message.offset,
+                key=e.message.key,
+                value=e.message.value,
+                timestamp_ms=int(e.message.timestamp * 1000),
+            )
+            for e in events
+        ]
+
+        def load_contact(key: bytes, index: int) -> bytes | None:
+            with _in_event(events[index]):
+                value = self.contacts.get(key)
+            return bytes(value) if value is not None else None
+
+        def load_history(key: bytes, index: int) -> bytes | None:
+            with _in_event(events[index]):
+                value = self.history.get(key)
+            return bytes(value) if value is not None else None
+
+        outcome = self.scorer.process(records, load_contact, load_history)
+        await self._send_all(outcome.sends)
+        for key, (index, value) in outcome.contact_writes.items():
+            with _in_event(events[index]):
+                self.contacts[key] = value
+        for key, (index, value) in outcome.history_writes.items():
+            with _in_event(events[index]):
+                self.history[key] = value
+        for key, (partition, due_ms) in outcome.due_updates.items():
+            self.due.set(partition, key, due_ms)
+        for old, new in outcome.stage_moves:
+            if old is not None:
+                self.stage_counts[old] -= 1
+            self.stage_counts[new] += 1
+        self._publish_gauges()
+        now = self.clock_ms()
+        self.metrics.batch_size.observe(len(records))
+        for ts in outcome.latency_from_ms:
+            self.metrics.processing_latency.observe(max(0.0, (now - ts) / 1000))
+
+    async def _send_all(self, sends: Sequence[OutboundRecord]) -> None:
+        if not sends:
+            return
+        producer = self.app.producer
+        pending = [
+            await producer.send(s.topic, s.key, s.value, s.partition, None, list(s.headers) or None)
+            for s in sends
+        ]
+        await asyncio.gather(*pending)
+
+    # ------------------------------------------------------------------ decay
+    async def _decay_timer(self) -> None:
+        if not self.recovered:
+            return
+        try:
+            due = self.due.pop_due(self.clock_ms(), int(self.settings.tick_retry_seconds * 1000))
+            ticks = [
+                OutboundRecord(
+                    self.topology.internal.ticks.name, key, encode_tick(due_ms), (), partition
+                )
+                for partition, key, due_ms in due
+            ]
+            await self._send_all(ticks)
+            self.metrics.decay_ticks.inc(len(ticks))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.errors.labels(where="timer").inc()
+            log.exception("decay timer failed; retrying on the next tick")
+
+    async def _on_partitions_revoked(self, *args: Any, **kwargs: Any) -> None:
+        self.recovered = False
+        self.metrics.ready.set(0)
+
+    async def _rebuild_due_index(self) -> None:
+        """Re-index pending decays and stage counts from the partitions now owned."""
+        started = time.monotonic()
+        self.due = DueIndex()
+        self.stage_counts = CounterDict()
+        store: Any = self.contacts.data
+        topic = self.contacts.changelog_topic.get_topic_name()
+        owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
+        count = 0
+        for partition in owned:
+            db = store._db_for_partition(partition)
+            for raw_key, raw_value in store._visible_items(db):
+                try:
+                    stored = StoredContact.decode(bytes(raw_value))
+                    state = decode_state(stored.state_bytes, ContactKey.decode(bytes(raw_key)))
+                except Exception:
+                    self.metrics.errors.labels(where="recovery").inc()
+                    log.exception("undecodable state for a contact in partition %d", partition)
+                    continue
+                self.due.set(partition, bytes(raw_key), state.due_ms)
+                self.stage_counts[stage_of(state, self.model.compiled)] += 1
+                count += 1
+                if count % 10_000 == 0:
+                    await asyncio.sleep(0)
+        self.metrics.recovery_contacts.inc(count)
+        self._publish_gauges()
+        self.recovered = True
+        self.metrics.ready.set(1)
+        self.metrics.recovery_remaining.set(0)
+        log.info(
+            "recovered: %d contacts in partitions %s re-indexed in %.2fs",
+            count,
+            sorted(owned),
+            time.monotonic() - started,
+        )
+
+    def _publish_gauges(self) -> None:
+        self.metrics.due_index_size.set(len(self.due))
+        for stage, n in self.stage_counts.items():
+            self.metrics.contacts_per_stage.labels(stage=stage).set(n)
+
+    # -------------------------------------------------------------------- web
+    def _register_views(self) -> None:
+        worker = self
+        app = self.app
+
+        @app.page("/healthz")
+        class Health(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({"status": "alive", "version": __version__})
+
+        @app.page("/readyz")
+        class Ready(View):
+            async def get(self, request: Request) -> Response:
+                ready = worker.is_ready()
+                body = {
+                    "ready": ready,
+                    "recovered": worker.recovered,
+                    "rebalancing": bool(app.rebalancing),
+                }
+                return self.json(body, status=200 if ready else 503)
+
+        @app.page("/metrics")
+        class MetricsPage(View):
+            async def get(self, request: Request) -> Response:
+                remaining = cast(Any, app.tables).recovery.active_remaining_total()
+                worker.metrics.recovery_remaining.set(remaining)
+                return self.bytes(worker.metrics.render(), content_type="text/plain; version=0.0.4")
+
+        @app.page("/v1/contacts/{tenant}/{contact_id}")
+        class ContactPage(View):
+            async def get(self, request: Request, tenant: str, contact_id: str) -> Response:
+                key = ContactKey(tenant, contact_id)
+                try:
+                    raw_key = key.encode()
+                except UnicodeEncodeError:
+                    return self.json({"error": "tenant must be ASCII"}, status=400)
+                try:
+                    return await app.router.route_req(
+                        worker.contacts.name, raw_key, self.web, request
+                    )
+                except SameNode:
+                    pass
+                body, status = worker.contact_view(key, raw_key)
+                return self.json(body, status=status)
+
+    def is_ready(self) -> bool:
+        """Partitions assigned, changelogs recovered, not rebalancing."""
+        return self.recovered and not self.app.rebalancing
+
+    def contact_view(self, key: ContactKey, raw_key: bytes) -> tuple[dict[str, Any], int]:
+        """The API body for one contact, with the index evaluated now."""
+        raw = self.contacts.get(raw_key)
+        if raw is None:
+            return (
+                {"error": "contact not found", "tenant": key.tenant, "contact_id": key.contact_id},
+                404,
+            )
+        state = decode_state(StoredContact.decode(bytes(raw)).state_bytes, key)
+        snapshot = evaluate(state, self.clock_ms(), self.model)
+        history_raw = self.history.get(raw_key)
+        import json
+
+        history = json.loads(bytes(history_raw)) if history_raw else []
+        body = snapshot.model_dump(mode="json")
+        body["last_transitions"] = list(reversed(history))
+        body["model_version"] = self.model.version
+        return body, 200

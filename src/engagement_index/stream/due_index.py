@@ -1,0 +1,65 @@
+"""Per-partition index of the times at which contacts are due a decay transition.
+
+A heap of ``(due_ms, key)`` with lazy deletion: the authoritative due time of a key is
+``self._due[partition][key]``; heap entries that disagree with it are stale and skipped.
+Popping due entries costs O(log n) each and never touches contacts that are not due, so the
+timer never scans the contacts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+
+class DueIndex:
+    """Due times of pending decay transitions, per partition this worker owns."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, dict[bytes, int]] = {}
+        self._heap: dict[int, list[tuple[int, bytes]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._due.values())
+
+    def set(self, partition: int, key: bytes, due_ms: int | None) -> None:
+        """Record (or clear, with ``None``) the due time of ``key``."""
+        keys = self._due.setdefault(partition, {})
+        if due_ms is None:
+            keys.pop(key, None)
+            return
+        if keys.get(key) == due_ms:
+            return
+        keys[key] = due_ms
+        heapq.heappush(self._heap.setdefault(partition, []), (due_ms, key))
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns."""
+        for partition in partitions:
+            self._due.pop(partition, None)
+            self._heap.pop(partition, None)
+
+    def partitions(self) -> list[int]:
+        """Partitions with at least one entry."""
+        return [p for p, keys in self._due.items() if keys]
+
+    def pop_due(
+        self, now_ms: int, retry_ms: int, limit: int = 10_000
+    ) -> list[tuple[int, bytes, int]]:
+        """Return up to ``limit`` ``(partition, key, due_ms)`` with ``due_ms <= now_ms``.
+
+        Each returned entry stays in the index with a retry time ``now_ms + retry_ms`` in the
+        heap, so a wake-up that is lost is sent again; processing the wake-up replaces the
+        entry with the contact's next due time (or clears it).
+        """
+        out: list[tuple[int, bytes, int]] = []
+        for partition, heap in self._heap.items():
+            keys = self._due[partition]
+            while heap and heap[0][0] <= now_ms and len(out) < limit:
+                at, key = heapq.heappop(heap)
+                due = keys.get(key)
+                if due is None or at < due:
+                    continue  # stale entry
+                out.append((partition, key, due))
+                heapq.heappush(heap, (now_ms + retry_ms, key))
+        return out

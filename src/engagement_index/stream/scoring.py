@@ -1,0 +1,349 @@
+"""Batch scoring: inbound records in, records to send and table writes out.
+
+No Faust and no Kafka client here: the agent hands in plain records and a way to read the
+tables, and gets back what to send and what to store. That keeps the delivery rules testable:
+
+* Outputs of a batch (transitions, score snapshots, dead letters, re-keyed records) are sent
+  and acknowledged by the broker *before* the batch's state is written, so stored state is
+  never ahead of what was published. A crash re-delivers the batch; records already reflected
+  in the state are recognised by their per-source offset and skipped, and their outputs were
+  already acknowledged, so nothing is lost and nothing is counted twice.
+* Upstream duplicates (same ``event_id`` for a contact) are dropped by the core's id window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from engagement_index import __version__
+from engagement_index.core.events import (
+    ContactKey,
+    FailureType,
+    check_event_type,
+    check_time_window,
+    parse_event_fields,
+)
+from engagement_index.core.lifecycle import advance, apply_fields, evaluate
+from engagement_index.core.model import CompiledModel, ScoringModel
+from engagement_index.core.records import Transition
+from engagement_index.core.state import ContactState, decode_state, encode_state
+from engagement_index.core.timestamps import ms_to_rfc3339
+from engagement_index.errors import EventRejected
+from engagement_index.metrics import Metrics
+from engagement_index.settings import Settings
+from engagement_index.stream.stored import StoredContact
+from engagement_index.topology import Topology
+
+TICK = struct.Struct("<q")
+MAX_ERROR_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One consumed record, as the agent saw it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecord:
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """Everything a processed batch asks the I/O layer to do, in this order."""
+
+    sends: list[OutboundRecord] = field(default_factory=list)
+    # table key -> (index in the batch of the last record that touched it, value)
+    contact_writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    history_writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    # table key -> (partition, due time or None)
+    due_updates: dict[bytes, tuple[int, int | None]] = field(default_factory=dict)
+    stage_moves: list[tuple[str | None, str]] = field(default_factory=list)
+    latency_from_ms: list[int] = field(default_factory=list)
+
+
+def stage_of(state: ContactState, model: CompiledModel) -> str:
+    """The lifecycle stage name of ``state``."""
+    half = model.halves[state.post_purchase]
+    return half.upper_stage if state.upper else half.lower_stage
+
+
+def encode_tick(due_ms: int) -> bytes:
+    """Value of a decay wake-up record."""
+    return TICK.pack(due_ms)
+
+
+def decode_tick(value: bytes) -> int:
+    """Due time carried by a wake-up record."""
+    return int(TICK.unpack(value)[0])
+
+
+class BatchScorer:
+    """Applies the core to batches of records for the partitions this worker owns."""
+
+    def __init__(
+        self,
+        *,
+        model: ScoringModel,
+        topology: Topology,
+        settings: Settings,
+        metrics: Metrics,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.model = model
+        self._compiled = model.compiled
+        self.topology = topology
+        self.settings = settings
+        self.metrics = metrics
+        self.clock_ms = clock_ms
+        self._source_index = {name: i for i, name in enumerate(topology.scoring_sources)}
+        self._rekey_topic = topology.internal.rekey.name
+        self._tick_topic = topology.internal.ticks.name
+        self._stage_topic = topology.outbound.stage_changes.name
+        self._scores_topic = topology.outbound.scores.name
+        self._dlq_topic = topology.outbound.dead_letters.name
+        self._max_future_ms = int(settings.max_future_seconds * 1000)
+        self._max_age_ms = int(settings.max_age_days * 86_400_000)
+        self._version_header = __version__.encode()
+
+    # ------------------------------------------------------------------ batch
+    def process(
+        self,
+        records: Sequence[InboundRecord],
+        load_contact: Callable[[bytes, int], bytes | None],
+        load_history: Callable[[bytes, int], bytes | None],
+    ) -> BatchOutcome:
+        """Score ``records`` in order; never raises for a bad record."""
+        out = BatchOutcome()
+        contacts: dict[bytes, StoredContact | None] = {}
+        histories: dict[bytes, list[dict[str, object]]] = {}
+        now_ms = self.clock_ms()
+        for index, record in enumerate(records):
+            channel = self.topology.channel_of(record.topic)
+            try:
+                outcome = self._process_one(
+                    index, record, now_ms, out, contacts, histories, load_contact, load_history
+                )
+            except Exception as exc:  # a bug must not stop the partition: dead-letter it
+                self.metrics.errors.labels(where="score").inc()
+                self._dead_letter(out, record, FailureType.INTERNAL_ERROR, repr(exc), now_ms)
+                outcome = "dead_lettered"
+            if outcome and channel != "tick":
+                self.metrics.events_consumed.labels(channel=channel, outcome=outcome).inc()
+        return out
+
+    def _process_one(
+        self,
+        index: int,
+        record: InboundRecord,
+        now_ms: int,
+        out: BatchOutcome,
+        contacts: dict[bytes, StoredContact | None],
+        histories: dict[bytes, list[dict[str, object]]],
+        load_contact: Callable[[bytes, int], bytes | None],
+        load_history: Callable[[bytes, int], bytes | None],
+    ) -> str | None:
+        if record.topic == self._tick_topic:
+            self._process_tick(index, record, out, contacts, histories, load_contact, load_history)
+            return None
+        value = record.value
+        if value is None:
+            self._dead_letter(
+                out, record, FailureType.SCHEMA_VIOLATION, "record has no value", now_ms
+            )
+            return "dead_lettered"
+        try:
+            fields = parse_event_fields(value, max_bytes=self.settings.max_record_bytes)
+            check_event_type(fields, self.model)
+            check_time_window(
+                fields.timestamp_ms,
+                now_ms,
+                max_future_ms=self._max_future_ms,
+                max_age_ms=self._max_age_ms,
+            )
+        except EventRejected as exc:
+            self._dead_letter(out, record, FailureType(exc.failure), exc.message, now_ms)
+            return "dead_lettered"
+        key = ContactKey(fields.tenant, fields.contact_id).encode()
+        if record.key != key:
+            out.sends.append(OutboundRecord(self._rekey_topic, key, value))
+            return "rekeyed"
+        stored = self._load(key, index, contacts, load_contact)
+        source = self._source_index[record.topic]
+        if stored is not None and stored.offsets.get(source, -1) >= record.offset:
+            return "duplicate"  # re-delivery of a record already in the state
+        previous = (
+            decode_state(stored.state_bytes, ContactKey(fields.tenant, fields.contact_id))
+            if stored is not None
+            else None
+        )
+        state, transitions = apply_fields(previous, fields, self._compiled)
+        duplicate = previous is not None and state is previous
+        new_stored = StoredContact(
+            state_bytes=stored.state_bytes if duplicate and stored else encode_state(state),
+            offsets=dict(stored.offsets) if stored else {},
+            published_index=stored.published_index if stored else math.nan,
+        )
+        new_stored.offsets[source] = record.offset
+        if not duplicate:
+            self._emit(
+                index,
+                key,
+                record,
+                previous,
+                state,
+                transitions,
+                new_stored,
+                out,
+                histories,
+                load_history,
+            )
+        contacts[key] = new_stored
+        out.contact_writes[key] = (index, new_stored.encode())
+        out.latency_from_ms.append(record.timestamp_ms)
+        self.metrics.event_time_lag.labels(channel=self.topology.channel_of(record.topic)).set(
+            max(0.0, (now_ms - fields.timestamp_ms) / 1000)
+        )
+        return "duplicate" if duplicate else "scored"
+
+    def _process_tick(
+        self,
+        index: int,
+        record: InboundRecord,
+        out: BatchOutcome,
+        contacts: dict[bytes, StoredContact | None],
+        histories: dict[bytes, list[dict[str, object]]],
+        load_contact: Callable[[bytes, int], bytes | None],
+        load_history: Callable[[bytes, int], bytes | None],
+    ) -> None:
+        if record.key is None or record.value is None or len(record.value) != TICK.size:
+            return  # not ours; ticks carry no user data, nothing to dead-letter
+        key = record.key
+        stored = self._load(key, index, contacts, load_contact)
+        if stored is None:
+            out.due_updates[key] = (record.partition, None)
+            return
+        previous = decode_state(stored.state_bytes, ContactKey.decode(key))
+        state, transitions = advance(previous, decode_tick(record.value), self._compiled)
+        if not transitions:
+            out.due_updates[key] = (record.partition, state.due_ms)
+            return
+        new_stored = StoredContact(
+            state_bytes=encode_state(state),
+            offsets=dict(stored.offsets),
+            published_index=stored.published_index,
+        )
+        self._emit(
+            index,
+            key,
+            record,
+            previous,
+            state,
+            transitions,
+            new_stored,
+            out,
+            histories,
+            load_history,
+        )
+        contacts[key] = new_stored
+        out.contact_writes[key] = (index, new_stored.encode())
+
+    # ---------------------------------------------------------------- outputs
+    def _emit(
+        self,
+        index: int,
+        key: bytes,
+        record: InboundRecord,
+        previous: ContactState | None,
+        state: ContactState,
+        transitions: list[Transition],
+        stored: StoredContact,
+        out: BatchOutcome,
+        histories: dict[bytes, list[dict[str, object]]],
+        load_history: Callable[[bytes, int], bytes | None],
+    ) -> None:
+        out.due_updates[key] = (record.partition, state.due_ms)
+        if transitions:
+            history = self._history(key, index, histories, load_history)
+            for transition in transitions:
+                out.sends.append(OutboundRecord(self._stage_topic, key, transition.to_json_bytes()))
+                out.stage_moves.append((transition.from_stage, transition.to_stage))
+                self.metrics.transitions.labels(
+                    from_stage=transition.from_stage or "none",
+                    to_stage=transition.to_stage,
+                    reason=transition.reason,
+                ).inc()
+                history.append(transition.model_dump(mode="json"))
+            del history[: -self.settings.history_size]
+            out.history_writes[key] = (index, json.dumps(history, separators=(",", ":")).encode())
+        snapshot = evaluate(state, state.clock_ms, self._compiled)
+        moved = math.isnan(stored.published_index) or (
+            abs(snapshot.index - stored.published_index) > self.settings.score_step
+        )
+        if moved or transitions:
+            stored.published_index = snapshot.index
+            out.sends.append(OutboundRecord(self._scores_topic, key, snapshot.to_json_bytes()))
+            self.metrics.score_snapshots.inc()
+        del previous
+
+    def _dead_letter(
+        self,
+        out: BatchOutcome,
+        record: InboundRecord,
+        failure: FailureType,
+        message: str,
+        now_ms: int,
+    ) -> None:
+        self.metrics.dead_letters.labels(failure_type=failure.value).inc()
+        headers = (
+            ("dlq.source.topic", record.topic.encode()),
+            ("dlq.source.partition", str(record.partition).encode()),
+            ("dlq.source.offset", str(record.offset).encode()),
+            ("dlq.failure.type", failure.value.encode()),
+            ("dlq.error.message", message[:MAX_ERROR_CHARS].encode("utf-8", "replace")),
+            ("dlq.worker.version", self._version_header),
+            ("dlq.failure.time", ms_to_rfc3339(now_ms).encode()),
+        )
+        out.sends.append(OutboundRecord(self._dlq_topic, record.key, record.value, headers))
+
+    # ------------------------------------------------------------------ tables
+    @staticmethod
+    def _load(
+        key: bytes,
+        index: int,
+        cache: dict[bytes, StoredContact | None],
+        load: Callable[[bytes, int], bytes | None],
+    ) -> StoredContact | None:
+        if key not in cache:
+            raw = load(key, index)
+            cache[key] = StoredContact.decode(raw) if raw is not None else None
+        return cache[key]
+
+    @staticmethod
+    def _history(
+        key: bytes,
+        index: int,
+        cache: dict[bytes, list[dict[str, object]]],
+        load: Callable[[bytes, int], bytes | None],
+    ) -> list[dict[str, object]]:
+        if key not in cache:
+            raw = load(key, index)
+            cache[key] = json.loads(raw) if raw else []
+        return cache[key]

@@ -1,0 +1,162 @@
+"""The stream topology declaration (``streams/topology.yaml``) as validated data."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engagement_index.errors import TopologyError
+
+DEFAULT_TOPOLOGY_PATH = Path(__file__).resolve().parents[2] / "streams" / "topology.yaml"
+CHANNELS = ("web", "email", "social", "commerce", "product")
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_retention_ms(value: str | int) -> int:
+    """``"7d"`` -> milliseconds; ``-1`` (or ``"forever"``) keeps records forever."""
+    if isinstance(value, int):
+        return value
+    if value.strip() == "forever":
+        return -1
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like '7d', '12h', '30m', '45s' or '500ms'")
+    return int(match.group(1)) * _UNIT_MS[match.group(2) or "s"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSpec(_Frozen):
+    """One topic: its name and how the cluster should hold it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    partitions: int | None = Field(default=None, ge=1)
+    retention: str | int = "7d"
+    cleanup_policy: Literal["delete", "compact"] = "delete"
+    value_schema: str | None = None
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_parses(cls, value: str | int) -> str | int:
+        parse_retention_ms(value)
+        return value
+
+    @property
+    def retention_ms(self) -> int:
+        return parse_retention_ms(self.retention)
+
+
+class OutboundTopics(_Frozen):
+    stage_changes: TopicSpec
+    scores: TopicSpec
+    dead_letters: TopicSpec
+
+
+class InternalTopics(_Frozen):
+    rekey: TopicSpec
+    ticks: TopicSpec
+
+
+class TableSpec(_Frozen):
+    retention: str | int = "forever"
+
+
+class Topology(_Frozen):
+    """The whole declaration: inbound, outbound and internal topics and the tables."""
+
+    version: Literal[1]
+    app_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    scoring_partitions: int = Field(ge=1, le=10_000)
+    replication_factor: int = Field(ge=1, le=10)
+    inbound: dict[Literal["web", "email", "social", "commerce", "product"], TopicSpec]
+    outbound: OutboundTopics
+    internal: InternalTopics
+    tables: dict[Literal["contacts", "history"], TableSpec]
+
+    @field_validator("inbound")
+    @classmethod
+    def _inbound_co_partitioned(cls, value: dict[str, TopicSpec]) -> dict[str, TopicSpec]:
+        for channel, spec in value.items():
+            if spec.partitions is not None:
+                raise ValueError(
+                    f"inbound.{channel}.partitions: inbound topics take scoring_partitions "
+                    "(co-partitioning); remove this key"
+                )
+        return value
+
+    def changelog_topic(self, table: str) -> str:
+        """Faust's changelog topic name for ``table``."""
+        return f"{self.app_id}-{table}-changelog"
+
+    @property
+    def scoring_sources(self) -> list[str]:
+        """Topics the scoring agent reads, in a fixed order (their index is stored per contact)."""
+        return [
+            *(spec.name for spec in self.inbound.values()),
+            self.internal.rekey.name,
+            self.internal.ticks.name,
+        ]
+
+    def channel_of(self, topic: str) -> str:
+        """The channel label of an inbound topic (``rekeyed``/``tick`` for internal ones)."""
+        for channel, spec in self.inbound.items():
+            if spec.name == topic:
+                return channel
+        if topic == self.internal.rekey.name:
+            return "rekeyed"
+        return "tick"
+
+    def all_topics(self) -> Iterator[tuple[str, int, TopicSpec]]:
+        """Every topic with its partition count: what ``topics create`` makes."""
+        for spec in self.inbound.values():
+            yield spec.name, self.scoring_partitions, spec
+        for spec in (self.internal.rekey, self.internal.ticks):
+            yield spec.name, self.scoring_partitions, spec
+        for spec in (
+            self.outbound.stage_changes,
+            self.outbound.scores,
+            self.outbound.dead_letters,
+        ):
+            yield spec.name, spec.partitions or self.scoring_partitions, spec
+        for table, table_spec in self.tables.items():
+            changelog = TopicSpec(
+                name=self.changelog_topic(table),
+                retention=table_spec.retention,
+                cleanup_policy="compact",
+            )
+            yield changelog.name, self.scoring_partitions, changelog
+
+    def topic_configs(self, spec: TopicSpec) -> dict[str, str]:
+        """Kafka topic configs for ``spec``."""
+        configs = {"cleanup.policy": spec.cleanup_policy}
+        if spec.cleanup_policy == "delete":
+            configs["retention.ms"] = str(spec.retention_ms)
+        return configs
+
+
+def load_topology(path: Path | str | None = None) -> Topology:
+    """Read and validate a topology file; errors name the offending field."""
+    source = Path(path) if path is not None else DEFAULT_TOPOLOGY_PATH
+    try:
+        raw: Any = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TopologyError(f"cannot read topology file {source}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{source} is not valid YAML: {exc}") from exc
+    try:
+        return Topology.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise TopologyError(f"{source}: {problems}") from exc
