@@ -34,3 +34,7 @@ class EventRejected(EngagementIndexError):
 
 class BrokerError(EngagementIndexError):
     """Kafka could not be reached or refused the request."""
+
+
+class StateDecodeError(EngagementIndexError):
+    """A stored contact state or contact key cannot be decoded."""

@@ -1,0 +1,63 @@
+"""Output records: stage transitions and contact snapshots.
+
+Floats are kept as computed (no rounding), so streaming and replay outputs can be compared
+to any tolerance. ``to_json_bytes`` gives compact JSON with the fields in declaration order.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TransitionReason = Literal["first_seen", "customer_event", "threshold", "decay"]
+HalfName = Literal["pre_purchase", "post_purchase"]
+_RFC3339_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json_bytes(self) -> bytes:
+        """Compact JSON, UTF-8."""
+        return self.model_dump_json().encode("utf-8")
+
+
+class Transition(_Record):
+    """A contact moved from one lifecycle stage to another."""
+
+    transition_id: str = Field(description="deterministic: the same input gives the same id")
+    tenant: str
+    contact_id: str
+    from_stage: str | None = Field(description="null on the contact's first event")
+    to_stage: str
+    half: HalfName
+    reason: TransitionReason
+    index: float = Field(description="index at occurred_at, after the change")
+    previous_index: float = Field(
+        description="index last reported before this change (0 for first_seen)"
+    )
+    components: dict[str, float] = Field(description="component name -> score at occurred_at")
+    cause_event_id: str | None = Field(description="the event that caused it; null for decay")
+    occurred_at: str = Field(pattern=_RFC3339_MS, description="RFC 3339, UTC, milliseconds")
+    model_version: str
+
+
+class ContactSnapshot(_Record):
+    """A contact's state evaluated at ``evaluated_at``."""
+
+    tenant: str
+    contact_id: str
+    stage: str
+    half: HalfName
+    index: float
+    components: dict[str, float]
+    customer: bool
+    first_seen_at: str = Field(pattern=_RFC3339_MS)
+    last_event_at: str = Field(pattern=_RFC3339_MS)
+    events_counted: int = Field(ge=0)
+    active_days_7d: int = Field(ge=0, le=7)
+    active_days_30d: int = Field(ge=0, le=30)
+    active_days_90d: int = Field(ge=0, le=90)
+    model_version: str
+    evaluated_at: str = Field(pattern=_RFC3339_MS)
