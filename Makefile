@@ -40,9 +40,8 @@ test: setup lint typecheck ## everything: lint, types, unit, property and integr
 integration: setup ## integration tests only
 	$(BIN)/pytest tests/integration
 
-run: setup ## start a local broker, the service and demo traffic
-	@$(KAFKA) start
-	@echo "run: the broker is up on 127.0.0.1:$${KAFKA_PORT:-9092}; stop it with 'make kafka-stop'"
+run: setup ## start a local broker, the worker and demo traffic (Ctrl-C stops)
+	@dev/run-demo.sh
 
 kafka-start: ## start the local single-node broker (idempotent)
 	@$(KAFKA) start
