@@ -24,6 +24,7 @@ _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
+_RANGE_MESSAGE = "instant out of range (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z)"
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -76,11 +77,14 @@ _fromisoformat = datetime.fromisoformat
 def parse_timestamp_ms(text: str) -> int:
     """Epoch milliseconds of an RFC 3339 string (floored); ``ValueError`` if invalid."""
     if _COMMON.fullmatch(text) is not None:
-        delta = _fromisoformat(text) - EPOCH
-        ms = delta.days * MS_PER_DAY + delta.seconds * 1000 + delta.microseconds // 1000
-        if not MIN_MS <= ms <= MAX_MS:
-            raise ValueError("instant outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z")
-        return ms
+        try:
+            delta = _fromisoformat(text) - EPOCH
+        except ValueError:
+            pass  # the reference parser words the error
+        else:
+            ms = delta.days * MS_PER_DAY + delta.seconds * 1000 + delta.microseconds // 1000
+            if MIN_MS <= ms <= MAX_MS:
+                return ms
     return parse_timestamp_ms_reference(text)
 
 
@@ -93,7 +97,7 @@ def parse_timestamp_ms_reference(text: str) -> int:
         + (int(frac[:3].ljust(3, "0")) if frac else 0)
     )
     if not MIN_MS <= ms <= MAX_MS:
-        raise ValueError("instant outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z")
+        raise ValueError(_RANGE_MESSAGE)
     return ms
 
 
@@ -123,7 +127,7 @@ def to_ms(value: datetime) -> int:
     delta = value - EPOCH
     ms = delta.days * MS_PER_DAY + delta.seconds * 1000 + delta.microseconds // 1000
     if not MIN_MS <= ms <= MAX_MS:
-        raise ValueError("instant outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z")
+        raise ValueError(_RANGE_MESSAGE)
     return ms
 
 

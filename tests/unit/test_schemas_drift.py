@@ -1,0 +1,47 @@
+"""schemas/ must be exactly what the pydantic models generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engagement_index.commands.schemas import check, generate, write
+from engagement_index.core.events import CanonicalEvent
+from engagement_index.core.model import parse_model
+from engagement_index.core.records import ContactSnapshot, Transition
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def test_schemas_match_the_models() -> None:
+    problems = check(SCHEMAS)
+    assert problems == [], "run 'engagement-index schemas write': " + "; ".join(problems)
+
+
+def test_examples_validate_against_the_models() -> None:
+    examples = SCHEMAS / "examples"
+    CanonicalEvent.model_validate(json.loads((examples / "canonical-event.json").read_text()))
+    Transition.model_validate(json.loads((examples / "transition.json").read_text()))
+    ContactSnapshot.model_validate(json.loads((examples / "contact-state.json").read_text()))
+    parse_model(json.loads((examples / "scoring-model.json").read_text()))
+
+
+def test_check_detects_drift(tmp_path: Path) -> None:
+    write(tmp_path)
+    assert check(tmp_path) == []
+    target = tmp_path / "transition.json"
+    target.write_text(target.read_text().replace('"index"', '"score"'))
+    (tmp_path / "stale.json").write_text("{}")
+    (tmp_path / "examples" / "canonical-event.json").unlink()
+    problems = check(tmp_path)
+    assert len(problems) == 3
+    assert set(generate()) == {
+        "canonical-event.json",
+        "transition.json",
+        "contact-state.json",
+        "scoring-model.json",
+        "examples/canonical-event.json",
+        "examples/transition.json",
+        "examples/contact-state.json",
+        "examples/scoring-model.json",
+    }
