@@ -7,15 +7,27 @@ free loopback port with its state in a temporary folder, and stops it when the s
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+
+from engagement_index.core.model import load_model
+from engagement_index.topology import load_topology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = REPO_ROOT / "dev" / "kafka" / "kafka.sh"
@@ -143,3 +155,198 @@ def new_topic(
 def new_group(unique_name: Callable[[str], str]) -> Callable[[], str]:
     """Make a unique consumer group id for one test."""
     return lambda: unique_name("group")
+
+
+# --------------------------------------------------------------------------- worker processes
+ENGINE = [sys.executable, "-m", "engagement_index.cli"]
+
+
+class WorkerProcess:
+    """One ``engagement-index worker`` subprocess with its own data folder and web port."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topology: Path,
+        model: Path,
+        data_dir: Path,
+        log_file: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log_file = log_file
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "ENGAGEMENT_INDEX_TOPOLOGY_FILE": str(topology),
+            "ENGAGEMENT_INDEX_MODEL_FILE": str(model),
+            "ENGAGEMENT_INDEX_DATA_DIR": str(data_dir),
+            "ENGAGEMENT_INDEX_WEB_PORT": str(self.port),
+            "ENGAGEMENT_INDEX_WEB_HOST": "127.0.0.1",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start and wait until ``/readyz`` answers 200."""
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*ENGINE, "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if self.ready():
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"worker not ready within {timeout}s:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """GET a JSON (or text) page; returns (status, body)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+                raw = response.read()
+                status = response.status
+                ctype = response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            raw, status, ctype = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+        return status, json.loads(raw) if "json" in ctype else raw.decode()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown work at all."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM and wait for a graceful exit."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class StreamEnv:
+    """A private topology (unique topics and app id), a model file, and workers on them."""
+
+    def __init__(
+        self, bootstrap: str, tmp_path: Path, prefix: str, model_yaml: str, partitions: int = 3
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.tmp_path = tmp_path
+        self.prefix = prefix
+        raw = yaml.safe_load((REPO_ROOT / "streams" / "topology.yaml").read_text())
+        raw["app_id"] = f"{prefix}-app"
+        raw["scoring_partitions"] = partitions
+        for group in ("inbound", "outbound", "internal"):
+            for spec in raw[group].values():
+                spec["name"] = f"{prefix}.{spec['name']}"
+                if "partitions" in spec:
+                    spec["partitions"] = partitions
+        self.topology_file = tmp_path / "topology.yaml"
+        self.topology_file.write_text(yaml.safe_dump(raw))
+        self.model_file = tmp_path / "model.yaml"
+        self.model_file.write_text(model_yaml)
+        self.topology = load_topology(self.topology_file)
+        self.model = load_model(self.model_file)
+        self.workers: list[WorkerProcess] = []
+        created = subprocess.run(
+            [
+                *ENGINE,
+                "topics",
+                "create",
+                "--bootstrap-servers",
+                bootstrap,
+                "--topology",
+                str(self.topology_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+
+    def worker(self, name: str = "w1", extra_env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.bootstrap,
+            self.topology_file,
+            self.model_file,
+            self.tmp_path / f"data-{name}",
+            self.tmp_path / f"{name}.log",
+            extra_env,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def topic(self, role: str) -> str:
+        if role in self.topology.inbound:
+            return self.topology.inbound[role].name  # type: ignore[index]
+        if role in ("stage_changes", "scores", "dead_letters"):
+            spec = getattr(self.topology.outbound, role)
+            return str(spec.name)
+        return str(getattr(self.topology.internal, role).name)
+
+    def consume_all(self, topic: str, idle_s: float = 3.0, max_s: float = 60.0) -> list[Any]:
+        """Every record currently in ``topic`` (reads until ``idle_s`` without new records)."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=int(idle_s * 1000),
+        )
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        records = []
+        deadline = time.monotonic() + max_s
+        for record in consumer:
+            records.append(record)
+            if time.monotonic() > deadline:
+                break
+        consumer.close()
+        return records
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop(timeout=30)
+
+
+@pytest.fixture
+def stream_env(
+    bootstrap_servers: str, tmp_path: Path, unique_name: Callable[[str], str]
+) -> Iterator[Callable[..., StreamEnv]]:
+    """Factory of private stream environments; their workers are stopped afterwards."""
+    envs: list[StreamEnv] = []
+
+    def make(model_yaml: str, partitions: int = 3) -> StreamEnv:
+        env = StreamEnv(bootstrap_servers, tmp_path, unique_name("s"), model_yaml, partitions)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.close()

@@ -25,6 +25,7 @@ from typing import Any, cast
 import faust
 from faust.exceptions import SameNode
 from faust.streams import _current_event
+from faust.types import TP
 from faust.web import Request, Response, View
 
 from engagement_index import __version__
@@ -112,6 +113,8 @@ class Worker:
         self.due = DueIndex()
         self.stage_counts: CounterDict[str] = CounterDict()
         self.recovered = False
+        self._processed: dict[TP, int] = {}
+        self._data_sources = topology.scoring_sources[:-1]  # all but the tick topic
         self.scorer = BatchScorer(
             model=model,
             topology=topology,
@@ -219,6 +222,7 @@ class Worker:
             return bytes(value) if value is not None else None
 
         outcome = self.scorer.process(records, load_contact, load_history)
+        processed = self._processed
         await self._send_all(outcome.sends)
         for key, (index, value) in outcome.contact_writes.items():
             with _in_event(events[index]):
@@ -232,6 +236,8 @@ class Worker:
             if old is not None:
                 self.stage_counts[old] -= 1
             self.stage_counts[new] += 1
+        for record in records:
+            processed[TP(record.topic, record.partition)] = record.offset
         self._publish_gauges()
         now = self.clock_ms()
         self.metrics.batch_size.observe(len(records))
@@ -268,6 +274,25 @@ class Worker:
             self.metrics.errors.labels(where="timer").inc()
             log.exception("decay timer failed; retrying on the next tick")
 
+    def _caught_up(self, partition: int) -> bool:
+        """True when every data source of ``partition`` has been processed to its end.
+
+        Decay wake-ups wait for this: while a backlog is processed, a contact's next event may
+        still be in it, and an event that precedes the crossing must be applied first (as the
+        offline replay does). Without a backlog, wake-ups go out within a timer interval.
+        """
+        consumer: Any = self.app.consumer
+        for topic in self._data_sources:
+            tp = TP(topic, partition)
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                return False
+            done = self._processed.get(tp)
+            position = done + 1 if done is not None else consumer._committed_offset.get(tp)
+            if highwater > (position or 0):
+                return False
+        return True
+
     async def _on_partitions_revoked(self, *args: Any, **kwargs: Any) -> None:
         self.recovered = False
         self.metrics.ready.set(0)
@@ -277,6 +302,7 @@ class Worker:
         started = time.monotonic()
         self.due = DueIndex()
         self.stage_counts = CounterDict()
+        self._processed.clear()
         store: Any = self.contacts.data
         topic = self.contacts.changelog_topic.get_topic_name()
         owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]

@@ -9,7 +9,7 @@ timer never scans the contacts.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 
 class DueIndex:
@@ -44,16 +44,23 @@ class DueIndex:
         return [p for p, keys in self._due.items() if keys]
 
     def pop_due(
-        self, now_ms: int, retry_ms: int, limit: int = 10_000
+        self,
+        now_ms: int,
+        retry_ms: int,
+        limit: int = 10_000,
+        skip: Collection[int] = (),
     ) -> list[tuple[int, bytes, int]]:
         """Return up to ``limit`` ``(partition, key, due_ms)`` with ``due_ms <= now_ms``.
 
         Each returned entry stays in the index with a retry time ``now_ms + retry_ms`` in the
         heap, so a wake-up that is lost is sent again; processing the wake-up replaces the
-        entry with the contact's next due time (or clears it).
+        entry with the contact's next due time (or clears it). Partitions in ``skip`` are left
+        alone (the worker skips partitions that are still catching up on a backlog).
         """
         out: list[tuple[int, bytes, int]] = []
         for partition, heap in self._heap.items():
+            if partition in skip:
+                continue
             keys = self._due[partition]
             while heap and heap[0][0] <= now_ms and len(out) < limit:
                 at, key = heapq.heappop(heap)
