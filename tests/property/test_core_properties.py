@@ -1,0 +1,275 @@
+"""Properties of the scoring core (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engagement_index.core.events import EventFields
+from engagement_index.core.lifecycle import advance, apply_fields, evaluate
+from engagement_index.core.model import ScoringModel, load_model, parse_model
+from engagement_index.core.records import Transition
+from engagement_index.core.state import ID_WINDOW, ContactState, decode_state, encode_state
+from engagement_index.core.timestamps import ms_to_rfc3339
+from engagement_index.replay import replay
+
+MODEL: ScoringModel = load_model()
+TYPES = sorted(MODEL.events)
+T0 = 1_793_527_200_000
+DAY = 86_400_000
+SPAN = 120 * DAY
+
+# (type, offset from T0 in ms); ids are the position in the generated list, so unique.
+event_specs = st.lists(
+    st.tuples(st.sampled_from(TYPES), st.integers(min_value=0, max_value=SPAN)),
+    min_size=1,
+    max_size=40,
+)
+
+
+def _fields(specs: list[tuple[str, int]], contact: str = "c") -> list[EventFields]:
+    return [EventFields(f"id-{i}", "t", contact, ty, T0 + off) for i, (ty, off) in enumerate(specs)]
+
+
+def _run(events: list[EventFields]) -> tuple[ContactState, list[Transition]]:
+    state: ContactState | None = None
+    out: list[Transition] = []
+    for fields in events:
+        state, transitions = apply_fields(state, fields, MODEL)
+        out.extend(transitions)
+    assert state is not None
+    return state, out
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=event_specs, data=st.data())
+def test_final_index_does_not_depend_on_arrival_order(
+    specs: list[tuple[str, int]], data: st.DataObject
+) -> None:
+    events = _fields(specs)
+    shuffled = data.draw(st.permutations(events))
+    first, _ = _run(events)
+    second, _ = _run(shuffled)
+    at = T0 + SPAN + DAY
+    a = evaluate(first, at, MODEL)
+    b = evaluate(second, at, MODEL)
+    assert a.index == pytest.approx(b.index, rel=1e-9, abs=1e-9)
+    assert a.components == pytest.approx(b.components, rel=1e-9, abs=1e-9)
+    assert (a.customer, a.half, a.events_counted) == (b.customer, b.half, b.events_counted)
+    assert (a.first_seen_at, a.last_event_at) == (b.first_seen_at, b.last_event_at)
+    assert (a.active_days_7d, a.active_days_30d, a.active_days_90d) == (
+        b.active_days_7d,
+        b.active_days_30d,
+        b.active_days_90d,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=event_specs, probes=st.lists(st.integers(0, 400 * DAY), min_size=2, max_size=6))
+def test_index_stays_in_bounds_and_never_rises_without_events(
+    specs: list[tuple[str, int]], probes: list[int]
+) -> None:
+    state, transitions = _run(_fields(specs))
+    for t in transitions:
+        assert 0.0 <= t.index <= 100.0
+        assert 0.0 <= t.previous_index <= 100.0
+        assert all(0.0 <= s < 100.0 for s in t.components.values())
+    previous = None
+    for at in sorted(T0 + p for p in probes):
+        snapshot = evaluate(state, at, MODEL)
+        assert 0.0 <= snapshot.index <= 100.0
+        if previous is not None:
+            assert snapshot.index <= previous + 1e-12
+        previous = snapshot.index
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=event_specs, data=st.data())
+def test_replaying_a_duplicate_changes_nothing(
+    specs: list[tuple[str, int]], data: st.DataObject
+) -> None:
+    events = _fields(specs)
+    state, _ = _run(events)
+    recent = events[-ID_WINDOW:]
+    duplicate = data.draw(st.sampled_from(recent))
+    again, transitions = apply_fields(state, duplicate, MODEL)
+    assert again is state
+    assert transitions == []
+    # duplicates right after their original, through the whole replay: same output
+    lines = [_line(e) for e in events]
+    doubled = [line for line in lines for _ in (0, 1)]
+    plain = replay(lines, MODEL)
+    dup = replay(doubled, MODEL)
+    assert dup.transitions == plain.transitions
+    assert dup.states == plain.states
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=event_specs)
+def test_transitions_stay_within_the_half(specs: list[tuple[str, int]]) -> None:
+    state, transitions = _run(_fields(specs))
+    state, decay = advance(state, T0 + 10 * SPAN, MODEL)
+    halves = {
+        "pre_purchase": MODEL.halves.pre_purchase,
+        "post_purchase": MODEL.halves.post_purchase,
+    }
+    for t in [*transitions, *decay]:
+        half = halves[t.half]
+        stages = {half.lower_stage, half.upper_stage}
+        if t.reason == "first_seen":
+            assert t.from_stage is None
+            assert t.half == "pre_purchase"
+            assert t.to_stage in stages
+        elif t.reason == "customer_event":
+            assert t.half == "post_purchase"
+            assert t.to_stage == half.upper_stage
+            pre = MODEL.halves.pre_purchase
+            assert t.from_stage in {pre.lower_stage, pre.upper_stage}
+        else:
+            assert t.from_stage in stages
+            assert t.to_stage in stages
+            assert t.from_stage != t.to_stage
+            if t.reason == "decay":
+                assert t.from_stage == half.upper_stage
+                assert t.cause_event_id is None
+                assert t.index < half.leave_upper_below <= t.previous_index
+    assert sum(t.reason == "customer_event" for t in transitions) <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs=event_specs)
+def test_state_encoding_round_trips(specs: list[tuple[str, int]]) -> None:
+    state, _ = _run(_fields(specs))
+    data = encode_state(state)
+    assert len(data) <= 200
+    assert decode_state(data, state.key) == state
+    decayed, _ = advance(state, T0 + 10 * SPAN, MODEL)
+    assert decode_state(encode_state(decayed), state.key) == decayed
+
+
+def _line(fields: EventFields) -> str:
+    return json.dumps(
+        {
+            "event_id": fields.event_id,
+            "tenant": fields.tenant,
+            "contact_id": fields.contact_id,
+            "type": fields.type,
+            "timestamp": ms_to_rfc3339(fields.timestamp_ms),
+        }
+    )
+
+
+# A model with half-lives of hours, so that contacts cross thresholds and decay often.
+FAST_MODEL = parse_model(
+    {
+        "version": "fast-1",
+        "components": {
+            "a": {"half_life": "6h", "saturation": 5},
+            "b": {"half_life": "2h", "saturation": 5},
+        },
+        "events": {
+            "a.x": {"component": "a", "points": 3},
+            "a.y": {"component": "a", "points": 1},
+            "a.neg": {"component": "a", "points": -2},
+            "b.x": {"component": "b", "points": 2},
+            "b.buy": {"component": "b", "points": 4, "marks_customer": True},
+        },
+        "halves": {
+            "pre_purchase": {
+                "weights": {"a": 0.6, "b": 0.4},
+                "lower_stage": "nurture",
+                "upper_stage": "purchase",
+                "enter_upper_at": 50,
+                "leave_upper_below": 40,
+            },
+            "post_purchase": {
+                "weights": {"a": 0.5, "b": 0.5},
+                "lower_stage": "exit",
+                "upper_stage": "retention",
+                "enter_upper_at": 35,
+                "leave_upper_below": 25,
+            },
+        },
+    }
+)
+FAST_TYPES = ["a.x", "a.x", "a.x", "a.x", "a.y", "a.neg", "b.x", "b.x", "b.buy"]
+HOUR = 3_600_000
+
+# (contact, type, gap after the previous event, lateness, event id); repeated ids are
+# duplicates. Mostly in time order, some events late by up to 6 hours.
+stream_items = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(FAST_TYPES),
+        st.one_of(st.just(0), st.integers(0, HOUR), st.integers(0, 12 * HOUR)),
+        st.one_of(st.just(0), st.just(0), st.integers(0, 6 * HOUR)),
+        st.integers(min_value=0, max_value=60),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def _stream(items: list[tuple[str, str, int, int, int]]) -> list[EventFields]:
+    events = []
+    clock = T0
+    for contact, type_, gap, late, n in items:
+        clock += gap
+        events.append(EventFields(f"id-{n}", "t", contact, type_, clock - late))
+    return events
+
+
+def _check_replayer(events: list[EventFields], until: int) -> list[Transition]:
+    """Replayer output == step-by-step output with eager decay times; returns it."""
+    model = FAST_MODEL
+    states: dict[tuple[str, str], ContactState] = {}
+    expected: list[Transition] = []
+    for fields in events:
+        key = (fields.tenant, fields.contact_id)
+        new, transitions = apply_fields(states.get(key), fields, model)
+        states[key] = new
+        expected.extend(transitions)
+    tail: list[Transition] = []
+    for key in list(states):
+        states[key], decays = advance(states[key], until, model)
+        tail.extend(decays)
+    expected.extend(sorted(tail, key=lambda t: (t.occurred_at, t.tenant, t.contact_id)))
+    result = replay([_line(f) for f in events], model, until_ms=until)
+    assert result.transitions == expected
+    assert result.states == states
+    assert result.rejects == []
+    return result.transitions
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=stream_items, horizon=st.integers(0, 48 * HOUR))
+def test_replayer_equals_step_by_step(
+    items: list[tuple[str, str, int, int, int]], horizon: int
+) -> None:
+    """The replayer's lazy decay solving gives exactly what step() + advance() give."""
+    events = _stream(items)
+    _check_replayer(events, max(e.timestamp_ms for e in events) + horizon)
+
+
+def test_replayer_equals_step_by_step_on_streams_with_catch_ups() -> None:
+    """Seeded streams of the same shape, checked to contain decays caught up by events."""
+    rnd = random.Random(5)
+    caught_up = 0
+    for _ in range(40):
+        items = [
+            (rnd.choice("ab"), rnd.choice(FAST_TYPES),
+             rnd.choice([0, rnd.randint(0, HOUR), rnd.randint(0, 12 * HOUR)]),
+             rnd.choice([0, 0, rnd.randint(0, 6 * HOUR)]), rnd.randint(0, 60))
+            for _ in range(40)
+        ]  # fmt: skip
+        events = _stream(items)
+        last = max(e.timestamp_ms for e in events)
+        transitions = _check_replayer(events, last)
+        caught_up += sum(
+            t.reason == "decay" and t.occurred_at < ms_to_rfc3339(last) for t in transitions
+        )
+    assert caught_up > 40
