@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-setup: $(STAMP) ## create the virtual environment and fetch the Kafka jars
+setup: $(STAMP) ## create the virtual environment, fetch the Kafka jars and the checking tools
 	@$(KAFKA) fetch
+	@if [ -x dev/tools/install.sh ]; then dev/tools/install.sh; fi
 
 lint: $(STAMP) ## ruff check + ruff format --check
 	$(BIN)/ruff check .

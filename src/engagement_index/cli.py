@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "topics": "topics",
     "worker": "worker",
     "demo": "demo",
+    "collector": "collector",
 }
 
 
