@@ -137,7 +137,7 @@ class Topology(_Frozen):
 
     def topic_configs(self, spec: TopicSpec) -> dict[str, str]:
         """Kafka topic configs for ``spec``."""
-        configs = {"cleanup.policy": spec.cleanup_policy}
+        configs: dict[str, str] = {"cleanup.policy": spec.cleanup_policy}
         if spec.cleanup_policy == "delete":
             configs["retention.ms"] = str(spec.retention_ms)
         return configs

@@ -303,7 +303,7 @@ class StreamEnv:
 
     def topic(self, role: str) -> str:
         if role in self.topology.inbound:
-            return self.topology.inbound[role].name  # type: ignore[index]
+            return self.topology.inbound[role].name
         if role in ("stage_changes", "scores", "dead_letters"):
             spec = getattr(self.topology.outbound, role)
             return str(spec.name)

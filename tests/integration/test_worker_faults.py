@@ -89,7 +89,8 @@ def test_bad_records_go_to_the_dead_letter_topic_with_headers(
     producer.close()
 
     def dead_letters() -> list[Any]:
-        return env.consume_all(env.topic("dead_letters"), idle_s=1.0)
+        records: list[Any] = env.consume_all(env.topic("dead_letters"), idle_s=1.0)
+        return records
 
     wait_until(lambda: len(dead_letters()) >= len(bad), 60, "the dead letters")
     records = dead_letters()
