@@ -59,6 +59,7 @@ class OutboundTopics(_Frozen):
     stage_changes: TopicSpec
     scores: TopicSpec
     dead_letters: TopicSpec
+    identities: TopicSpec = TopicSpec(name="engagement.identities", retention="30d")
 
 
 class InternalTopics(_Frozen):
@@ -125,6 +126,7 @@ class Topology(_Frozen):
             self.outbound.stage_changes,
             self.outbound.scores,
             self.outbound.dead_letters,
+            self.outbound.identities,
         ):
             yield spec.name, spec.partitions or self.scoring_partitions, spec
         for table, table_spec in self.tables.items():
