@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from engagement_index.core.events import EventFields
 from engagement_index.core.lifecycle import advance, apply_fields, evaluate
 from engagement_index.core.model import ScoringModel, load_model, parse_model
-from engagement_index.core.records import Transition
+from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ID_WINDOW, ContactState, decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.replay import replay
@@ -75,12 +75,14 @@ def test_index_stays_in_bounds_and_never_rises_without_events(
 ) -> None:
     state, transitions = _run(_fields(specs))
     for t in transitions:
+        assert Transition.model_validate(t.model_dump()) == t  # trusted builds are valid
         assert 0.0 <= t.index <= 100.0
         assert 0.0 <= t.previous_index <= 100.0
         assert all(0.0 <= s < 100.0 for s in t.components.values())
     previous = None
     for at in sorted(T0 + p for p in probes):
         snapshot = evaluate(state, at, MODEL)
+        assert ContactSnapshot.model_validate(snapshot.model_dump()) == snapshot
         assert 0.0 <= snapshot.index <= 100.0
         if previous is not None:
             assert snapshot.index <= previous + 1e-12

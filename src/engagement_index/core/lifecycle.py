@@ -85,7 +85,7 @@ def _transition(
     values: list[float],
     cause: str | None,
 ) -> Transition:
-    return Transition.model_construct(
+    return Transition.trusted(
         transition_id=transition_id(
             tenant, contact_id, cm.version, at_ms, from_stage, to_stage, reason, cause
         ),
@@ -370,7 +370,7 @@ def evaluate(
     at = max(at_ms, state.clock_ms)
     values = rebase(state.values, at - state.clock_ms, cm)
     half = cm.halves[state.post_purchase]
-    return ContactSnapshot.model_construct(
+    return ContactSnapshot.trusted(
         tenant=state.tenant,
         contact_id=state.contact_id,
         stage=half.upper_stage if state.upper else half.lower_stage,

@@ -136,10 +136,20 @@ def ms_to_datetime(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 
 
+_DATE_CACHE: dict[int, str] = {}
+
+
 def ms_to_rfc3339(ms: int) -> str:
     """RFC 3339 in UTC with exactly three fraction digits, e.g. ``2026-11-01T10:00:00.000Z``."""
-    dt = EPOCH + timedelta(milliseconds=ms)
-    return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
-        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{ms % 1000:03d}Z"
-    )
+    day, rest = divmod(ms, MS_PER_DAY)
+    date = _DATE_CACHE.get(day)
+    if date is None:
+        d = EPOCH + timedelta(days=day)
+        date = f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+        if len(_DATE_CACHE) >= 100_000:
+            _DATE_CACHE.clear()
+        _DATE_CACHE[day] = date
+    seconds, millis = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
