@@ -67,9 +67,10 @@ def _fields(text: str) -> tuple[int, int, int, int, int, int, str, int]:
 
 
 # The common shapes, which ``datetime.fromisoformat`` (C code) parses exactly like _fields.
+# Field ranges are in the pattern too: fromisoformat alone would accept an offset like "-00:60".
 _COMMON = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3}|\.[0-9]{6})?"
-    r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(?:\.[0-9]{3}|\.[0-9]{6})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
 _fromisoformat = datetime.fromisoformat
 

@@ -69,6 +69,7 @@ def test_parse_valid(text: str, expected: int) -> None:
         "2026-11-01T10:60:00Z",
         "2026-11-01T10:00:60Z",
         "2026-11-01T10:00:00+24:00",
+        "2026-11-01T10:00:00-00:60",  # found by the property test: fromisoformat accepts it
         "2026-11-01T10:00:00.Z",
         "2026-11-01T10:00:00.1234567890Z",
         "0000-01-01T00:00:00Z",
