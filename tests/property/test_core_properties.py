@@ -45,7 +45,7 @@ def _run(events: list[EventFields]) -> tuple[ContactState, list[Transition]]:
     return state, out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(specs=event_specs, data=st.data())
 def test_final_index_does_not_depend_on_arrival_order(
     specs: list[tuple[str, int]], data: st.DataObject
@@ -68,7 +68,7 @@ def test_final_index_does_not_depend_on_arrival_order(
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(specs=event_specs, probes=st.lists(st.integers(0, 400 * DAY), min_size=2, max_size=6))
 def test_index_stays_in_bounds_and_never_rises_without_events(
     specs: list[tuple[str, int]], probes: list[int]
@@ -89,7 +89,7 @@ def test_index_stays_in_bounds_and_never_rises_without_events(
         previous = snapshot.index
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(specs=event_specs, data=st.data())
 def test_replaying_a_duplicate_changes_nothing(
     specs: list[tuple[str, int]], data: st.DataObject
@@ -110,7 +110,7 @@ def test_replaying_a_duplicate_changes_nothing(
     assert dup.states == plain.states
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(specs=event_specs)
 def test_transitions_stay_within_the_half(specs: list[tuple[str, int]]) -> None:
     state, transitions = _run(_fields(specs))
@@ -142,7 +142,7 @@ def test_transitions_stay_within_the_half(specs: list[tuple[str, int]]) -> None:
     assert sum(t.reason == "customer_event" for t in transitions) <= 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(specs=event_specs)
 def test_state_encoding_round_trips(specs: list[tuple[str, int]]) -> None:
     state, _ = _run(_fields(specs))
@@ -247,7 +247,7 @@ def _check_replayer(events: list[EventFields], until: int) -> list[Transition]:
     return result.transitions
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(items=stream_items, horizon=st.integers(0, 48 * HOUR))
 def test_replayer_equals_step_by_step(
     items: list[tuple[str, str, int, int, int]], horizon: int

@@ -68,7 +68,7 @@ event_dicts = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(obj=event_dicts)
 def test_fast_path_agrees_with_pydantic(obj: dict[str, Any]) -> None:
     fast = _fast_fields(obj)
@@ -94,7 +94,7 @@ def test_fast_path_agrees_with_pydantic(obj: dict[str, Any]) -> None:
         assert event_fields(event) == parse_event_fields(raw)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(text=timestamps)
 def test_timestamp_fast_path_agrees_with_reference(text: str) -> None:
     try:
