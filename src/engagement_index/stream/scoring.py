@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -122,6 +123,8 @@ class BatchScorer:
         self._max_future_ms = int(settings.max_future_seconds * 1000)
         self._max_age_ms = int(settings.max_age_days * 86_400_000)
         self._version_header = __version__.encode()
+        self._channels = {t: topology.channel_of(t) for t in topology.scoring_sources}
+        self._newest_event_ms: dict[str, int] = {}
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -135,8 +138,12 @@ class BatchScorer:
         contacts: dict[bytes, StoredContact | None] = {}
         histories: dict[bytes, list[dict[str, object]]] = {}
         now_ms = self.clock_ms()
+        outcomes: Counter[tuple[str, str]] = Counter()
+        newest: dict[str, int] = {}
+        self._newest_event_ms = newest
+        channels = self._channels
         for index, record in enumerate(records):
-            channel = self.topology.channel_of(record.topic)
+            channel = channels.get(record.topic) or self.topology.channel_of(record.topic)
             try:
                 outcome = self._process_one(
                     index, record, now_ms, out, contacts, histories, load_contact, load_history
@@ -145,8 +152,15 @@ class BatchScorer:
                 self.metrics.errors.labels(where="score").inc()
                 self._dead_letter(out, record, FailureType.INTERNAL_ERROR, repr(exc), now_ms)
                 outcome = "dead_lettered"
-            if outcome and channel != "tick":
-                self.metrics.events_consumed.labels(channel=channel, outcome=outcome).inc()
+            if outcome:
+                outcomes[(channel, outcome)] += 1
+        consumed = self.metrics.events_consumed
+        for (channel, outcome), count in outcomes.items():
+            consumed.labels(channel=channel, outcome=outcome).inc(count)
+        for topic, event_ms in newest.items():
+            self.metrics.event_time_lag.labels(channel=channels[topic]).set(
+                max(0.0, (now_ms - event_ms) / 1000)
+            )
         return out
 
     def _process_one(
@@ -218,9 +232,9 @@ class BatchScorer:
         contacts[key] = new_stored
         out.contact_writes[key] = (index, new_stored.encode())
         out.latency_from_ms.append(record.timestamp_ms)
-        self.metrics.event_time_lag.labels(channel=self.topology.channel_of(record.topic)).set(
-            max(0.0, (now_ms - fields.timestamp_ms) / 1000)
-        )
+        newest = self._newest_event_ms
+        if fields.timestamp_ms > newest.get(record.topic, -1):
+            newest[record.topic] = fields.timestamp_ms
         return "duplicate" if duplicate else "scored"
 
     def _process_tick(

@@ -1,0 +1,248 @@
+"""BatchScorer: the delivery rules of the worker, without a broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from engagement_index.core.events import ContactKey
+from engagement_index.core.model import load_model
+from engagement_index.metrics import Metrics
+from engagement_index.settings import Settings
+from engagement_index.stream.due_index import DueIndex
+from engagement_index.stream.scoring import (
+    BatchScorer,
+    InboundRecord,
+    decode_tick,
+    encode_tick,
+    stage_of,
+)
+from engagement_index.stream.stored import StoredContact, StoredStateError
+from engagement_index.topology import load_topology
+
+ROOT = Path(__file__).resolve().parents[3]
+NOW = 1_795_000_000_000  # a fixed "wall clock"
+KEY = ContactKey("acme", "c-1").encode()
+
+
+def event(n: int, ts: int, etype: str = "web.form_submit", contact: str = "c-1") -> bytes:
+    return json.dumps(
+        {
+            "event_id": f"e{n}",
+            "tenant": "acme",
+            "contact_id": contact,
+            "type": etype,
+            "timestamp": f"2026-11-18T{ts // 3600:02d}:{ts // 60 % 60:02d}:{ts % 60:02d}Z",
+        }
+    ).encode()
+
+
+class Tables:
+    """In-memory stand-ins for the two Faust tables (plain dicts)."""
+
+    def __init__(self) -> None:
+        self.contacts: dict[bytes, bytes] = {}
+        self.history: dict[bytes, bytes] = {}
+
+    def load_contact(self, key: bytes, index: int) -> bytes | None:
+        return self.contacts.get(key)
+
+    def load_history(self, key: bytes, index: int) -> bytes | None:
+        return self.history.get(key)
+
+
+@pytest.fixture
+def scorer() -> BatchScorer:
+    return BatchScorer(
+        model=load_model(ROOT / "config" / "models" / "default.yaml"),
+        topology=load_topology(ROOT / "streams" / "topology.yaml"),
+        settings=Settings(),
+        metrics=Metrics(CollectorRegistry()),
+        clock_ms=lambda: NOW,
+    )
+
+
+def run(scorer: BatchScorer, tables: Tables, records: list[InboundRecord]) -> object:
+    out = scorer.process(records, tables.load_contact, tables.load_history)
+    for key, (_, value) in out.contact_writes.items():
+        tables.contacts[key] = value
+    for key, (_, value) in out.history_writes.items():
+        tables.history[key] = value
+    return out
+
+
+def rec(
+    offset: int, value: bytes | None, key: bytes | None = KEY, topic: str = "events.web"
+) -> InboundRecord:
+    return InboundRecord(topic, 0, offset, key, value, NOW)
+
+
+def test_scores_and_emits_first_seen_then_threshold(scorer: BatchScorer) -> None:
+    tables = Tables()
+    out = scorer.process(
+        [rec(i, event(i, 36_000 + i)) for i in range(12)],
+        tables.load_contact,
+        tables.load_history,
+    )
+    stage_changes = [s for s in out.sends if s.topic == "engagement.stage-changes"]
+    reasons = [json.loads(s.value or b"")["reason"] for s in stage_changes]
+    assert reasons[0] == "first_seen"
+    assert all(s.key == KEY for s in stage_changes)
+    assert list(out.contact_writes) == [KEY], "one coalesced write per contact per batch"
+    assert out.contact_writes[KEY][0] == 11, "written in the context of its last record"
+    stored = StoredContact.decode(out.contact_writes[KEY][1])
+    assert stored.offsets == {0: 11}
+
+
+def test_redelivered_records_are_skipped_by_offset(scorer: BatchScorer) -> None:
+    tables = Tables()
+    run(scorer, tables, [rec(i, event(i, 36_000 + i)) for i in range(5)])
+    before = dict(tables.contacts)
+    out = scorer.process(
+        [rec(i, event(i, 36_000 + i)) for i in range(5)],
+        tables.load_contact,
+        tables.load_history,
+    )
+    assert out.sends == []
+    assert out.contact_writes == {}
+    assert tables.contacts == before
+    consumed = scorer.metrics.registry.get_sample_value(
+        "engagement_events_consumed_total", {"channel": "web", "outcome": "duplicate"}
+    )
+    assert consumed == 5
+
+
+def test_upstream_duplicate_ids_do_not_count_twice(scorer: BatchScorer) -> None:
+    tables = Tables()
+    run(scorer, tables, [rec(0, event(1, 36_000)), rec(1, event(1, 36_000))])
+    stored = StoredContact.decode(tables.contacts[KEY])
+    assert stored.offsets == {0: 1}, "the duplicate's offset is still recorded"
+    counted = scorer.metrics.registry.get_sample_value(
+        "engagement_events_consumed_total", {"channel": "web", "outcome": "scored"}
+    )
+    assert counted == 1
+
+
+def test_non_canonical_keys_are_forwarded_to_the_rekey_topic(scorer: BatchScorer) -> None:
+    tables = Tables()
+    value = event(1, 36_000)
+    out = scorer.process([rec(0, value, key=b"legacy")], tables.load_contact, tables.load_history)
+    assert [(s.topic, s.key, s.value) for s in out.sends] == [
+        ("engagement-index.rekeyed", KEY, value)
+    ]
+    assert out.contact_writes == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "failure"),
+    [
+        (b"{oops", "invalid_json"),
+        (b"\xff\xfe", "invalid_encoding"),
+        (None, "schema_violation"),
+        (event(1, 36_000, etype="fax.sent"), "unknown_type"),
+        (b'{"event_id": "x"' + b" " * 70_000 + b"}", "oversized"),
+        (
+            json.dumps(
+                {
+                    "event_id": "f",
+                    "contact_id": "c",
+                    "type": "web.page_view",
+                    "timestamp": "2030-01-01T00:00:00Z",
+                }
+            ).encode(),
+            "time_out_of_range",
+        ),
+    ],
+)
+def test_bad_records_become_dead_letters_with_headers(
+    scorer: BatchScorer, value: bytes | None, failure: str
+) -> None:
+    tables = Tables()
+    out = scorer.process([rec(7, value, key=b"orig")], tables.load_contact, tables.load_history)
+    assert len(out.sends) == 1
+    dead = out.sends[0]
+    headers = dict(dead.headers)
+    assert (dead.topic, dead.key, dead.value) == ("engagement.dlq", b"orig", value)
+    assert headers["dlq.failure.type"] == failure.encode()
+    assert headers["dlq.source.offset"] == b"7"
+    assert headers["dlq.source.topic"] == b"events.web"
+    assert headers["dlq.error.message"]
+    assert (
+        scorer.metrics.registry.get_sample_value(
+            "engagement_dead_letters_total", {"failure_type": failure}
+        )
+        == 1
+    )
+
+
+def test_a_tick_emits_the_decay_transition_at_its_due_time(scorer: BatchScorer) -> None:
+    tables = Tables()
+    hot = ("web.form_submit", "email.click", "social.share")
+    out = run(scorer, tables, [rec(i, event(i, 36_000 + i, hot[i % 3])) for i in range(30)])
+    due = out.due_updates[KEY][1]  # type: ignore[attr-defined]
+    assert due is not None, "a sales-ready contact has a pending decay"
+    early = scorer.process(
+        [InboundRecord("engagement-index.ticks", 0, 0, KEY, encode_tick(due - 1), NOW)],
+        tables.load_contact,
+        tables.load_history,
+    )
+    assert early.sends == [], "nothing happens before the crossing"
+    tick = scorer.process(
+        [InboundRecord("engagement-index.ticks", 0, 1, KEY, encode_tick(due), NOW)],
+        tables.load_contact,
+        tables.load_history,
+    )
+    decays = [
+        json.loads(s.value or b"") for s in tick.sends if s.topic == "engagement.stage-changes"
+    ]
+    assert [d["reason"] for d in decays] == ["decay"]
+    assert decays[0]["from_stage"] == "purchase"
+    assert tick.due_updates[KEY] == (0, None)
+    assert decode_tick(encode_tick(due)) == due
+
+
+def test_stage_of_names_the_half_stage(scorer: BatchScorer) -> None:
+    tables = Tables()
+    out = run(scorer, tables, [rec(0, event(0, 36_000, etype="commerce.purchase"))])
+    del out
+    from engagement_index.core.state import decode_state
+
+    state = decode_state(
+        StoredContact.decode(tables.contacts[KEY]).state_bytes, ContactKey("acme", "c-1")
+    )
+    assert stage_of(state, scorer.model.compiled) == "retention"
+
+
+def test_stored_contact_round_trip_and_errors() -> None:
+    stored = StoredContact(b"core", {0: 5, 6: 2**40}, 12.5)
+    again = StoredContact.decode(stored.encode())
+    assert (again.state_bytes, again.offsets, again.published_index) == (
+        b"core",
+        {0: 5, 6: 2**40},
+        12.5,
+    )
+    with pytest.raises(StoredStateError):
+        StoredContact.decode(b"\x02" + stored.encode()[1:])
+    with pytest.raises(StoredStateError):
+        StoredContact.decode(b"\x01")
+
+
+def test_due_index_pops_due_entries_only_and_retries() -> None:
+    due = DueIndex()
+    due.set(0, b"a", 100)
+    due.set(0, b"b", 200)
+    due.set(1, b"c", 50)
+    due.set(0, b"a", 300)  # moved later: the old heap entry is stale
+    assert sorted(due.pop_due(150, retry_ms=1000)) == [(1, b"c", 50)]
+    assert due.pop_due(150, retry_ms=1000) == []
+    assert due.pop_due(250, retry_ms=1000, skip={0}) == []
+    assert due.pop_due(250, retry_ms=1000) == [(0, b"b", 200)]
+    # c was popped at 150 and is re-sent after the retry delay; a is due at 300
+    assert sorted(due.pop_due(1200, retry_ms=1000)) == [(0, b"a", 300), (1, b"c", 50)]
+    due.set(1, b"c", None)
+    assert len(due) == 2
+    due.drop_partitions([0])
+    assert len(due) == 0
