@@ -29,8 +29,9 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def connect_admin(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
+def connect_admin(settings: Settings) -> KafkaAdminClient:
     """An admin client, or ``BrokerError`` naming the servers when none answers."""
+    timeout_s = settings.admin_timeout_seconds
     deadline = time.monotonic() + timeout_s
     while True:
         try:
