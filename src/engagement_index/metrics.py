@@ -93,3 +93,62 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition of this registry."""
         return generate_latest(self.registry)
+
+
+class CollectorMetrics:
+    """The HTTP collector's metrics (``engagement-index collector``), bound to one registry.
+
+    Labels: ``route`` is the route template (``/v1/batch``, ``/webhooks/sendgrid/{tenant}``),
+    ``source`` one of segment/pixel/sendgrid/mailgun, ``channel`` an inbound channel or
+    ``identity``, ``reason`` a fixed rejection reason. Never ids, addresses or tenants.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "engagement_collector_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "engagement_collector_events_published_total",
+            "Records published to Kafka, by source and channel (identity = identities topic).",
+            ["source", "channel"],
+            registry=r,
+        )
+        self.events_ignored = Counter(
+            "engagement_collector_events_ignored_total",
+            "Provider events acknowledged but not mapped (e.g. SendGrid deferred), by source.",
+            ["source"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "engagement_collector_rejected_total",
+            "Requests refused (nothing published), by source and reason.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.pixel_invalid = Counter(
+            "engagement_collector_pixel_invalid_signatures_total",
+            "Pixel requests served a GIF but not published, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "engagement_collector_publish_latency_seconds",
+            "From handing a request's records to the producer to the broker's last ack.",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.producer_ready = Gauge(
+            "engagement_collector_producer_ready",
+            "1 when the Kafka producer is connected.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition of this registry."""
+        return generate_latest(self.registry)
