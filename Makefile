@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA := dev/kafka/kafka.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint typecheck unit integration run kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup test lint typecheck unit integration run bench kafka-start kafka-stop kafka-status lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ integration: setup ## integration tests only
 run: setup ## start a local broker, the worker and demo traffic (Ctrl-C stops)
 	@dev/run-demo.sh
 
+bench: setup ## benchmarks, not part of test (EVENTS=n, ARGS="--contacts n --latency-seconds s ...")
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python bench/run.py $(if $(EVENTS),--events $(EVENTS)) $(ARGS)
+
 kafka-start: ## start the local single-node broker (idempotent)
 	@$(KAFKA) start
 kafka-stop: ## stop the local broker
@@ -53,7 +57,7 @@ kafka-status: ## is the local broker running?
 
 lock: ## re-resolve dependencies and rewrite constraints.txt
 	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
-	.cache/lock-venv/bin/pip install --quiet -e '.[dev]'
+	.cache/lock-venv/bin/pip install --quiet -e '.[dev,bench]'
 	{ echo '# Exact versions installed by `make` (pip install -c constraints.txt). Regenerate with `make lock`.'; \
 	  .cache/lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt
 
