@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -143,8 +142,3 @@ class CollectorSettings(BaseSettings):
         except ValidationError as exc:
             raise ConfigError(f"collector keys: {exc.errors()[0]['msg']}") from exc
         return base.merged(direct)
-
-
-def dump_keys(keys: CollectorKeys) -> str:
-    """The keys as JSON (for tests and examples)."""
-    return json.dumps(keys.model_dump(), indent=2)
