@@ -727,6 +727,7 @@ class Run:
             [
                 str(py_spy),
                 "record",
+                "--nonblocking",
                 "--format",
                 "raw",
                 "-o",
