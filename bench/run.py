@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError
 
 from bench import workload
 from engagement_index.core.events import ContactKey
@@ -159,7 +160,10 @@ class Kafka:
         return sum(self.end_offsets(topics).values())
 
     def committed(self, group: str) -> dict[TopicPartition, int]:
-        offsets = self.admin.list_consumer_group_offsets(group)
+        try:
+            offsets = self.admin.list_consumer_group_offsets(group)
+        except KafkaError:  # e.g. the coordinator is not there yet: nothing committed
+            return {}
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     def lag(self, group: str, topics: list[str]) -> int:
@@ -294,7 +298,13 @@ class Worker:
     """One ``engagement-index worker`` process with RSS sampling."""
 
     def __init__(
-        self, bootstrap: str, topology: Path, data_dir: Path, log_file: Path, env: dict[str, str]
+        self,
+        bootstrap: str,
+        topology: Path,
+        data_dir: Path,
+        log_file: Path,
+        env: dict[str, str],
+        cprofile: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -311,6 +321,9 @@ class Worker:
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.python = [sys.executable]
+        if cprofile is not None:  # deterministic profile of the main thread, written on exit
+            self.python = [sys.executable, "-m", "cProfile", "-o", str(cprofile)]
         self.started = 0.0
         self.peak_rss = 0
         self._sampling = False
@@ -320,7 +333,10 @@ class Worker:
         with self.log_file.open("ab") as out:
             self.started = time.time()
             self.proc = subprocess.Popen(
-                [*ENGINE, "worker"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [*self.python, "-m", "engagement_index.cli", "worker"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self._sampling = True
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -638,6 +654,7 @@ class Run:
             self.run_dir / "worker-data",
             self.run_dir / "worker.log",
             self.worker_env,
+            cprofile=CACHE / f"worker-{self.run_dir.name}.prof" if self.args.cprofile else None,
         )
         worker.start()
         profiler = self._start_profiler(worker)
@@ -658,8 +675,8 @@ class Run:
             time.sleep(0.25)
         if done_at is None:
             raise RuntimeError(f"the worker did not catch up within {self.args.timeout}s")
-        if profiler is not None:
-            profiler.wait()
+        if profiler is not None and profiler.wait() != 0:
+            log(f"profile: py-spy failed, see {self.run_dir / 'py-spy.log'} (try --cprofile)")
         first = min((ts for _k, _v, ts in self._first_records(self.stage_topic)), default=None)
         first_s = first / 1000 if first else None
         seconds = done_at - worker.started
@@ -738,7 +755,7 @@ class Run:
                 str(worker.proc.pid),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=(self.run_dir / "py-spy.log").open("wb"),
         )
 
     def _settle(self, quiet_s: float = 3.0, max_s: float = 120.0) -> None:
@@ -1197,6 +1214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0,
         help="record a py-spy profile of the worker for this long during (4)",
+    )
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="run the worker of (4) under cProfile (slower; stats in bench/.cache/worker-*.prof)",
     )
     parser.add_argument("--timeout", type=float, default=1800, help="max seconds per phase")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, state)")
