@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engagement_index.collector import schemas as collector_schemas
 from engagement_index.commands.schemas import check, generate, write
 from engagement_index.core.events import CanonicalEvent
 from engagement_index.core.model import parse_model
@@ -35,7 +36,7 @@ def test_check_detects_drift(tmp_path: Path) -> None:
     (tmp_path / "examples" / "canonical-event.json").unlink()
     problems = check(tmp_path)
     assert len(problems) == 3
-    assert set(generate()) == {
+    assert set(generate()) == {f"collector/{stem}.json" for stem in collector_schemas.SCHEMAS} | {
         "canonical-event.json",
         "transition.json",
         "contact-state.json",

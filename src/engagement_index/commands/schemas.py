@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from engagement_index.collector import schemas as collector_schemas
 from engagement_index.core.events import CanonicalEvent
 from engagement_index.core.model import PACKAGED_MODEL_PATH, ScoringModel, load_model
 from engagement_index.core.records import ContactSnapshot, Transition
@@ -88,6 +89,7 @@ def generate() -> dict[str, str]:
     files["examples/transition.json"] = _dump(result.transitions[-1].model_dump(mode="json"))
     files["examples/contact-state.json"] = _dump(result.snapshots[0].model_dump(mode="json"))
     files["examples/scoring-model.json"] = _dump(model.model_dump(mode="json"))
+    files.update(collector_schemas.generate())
     return files
 
 

@@ -186,16 +186,33 @@ class Worker:
         async for events in stream.take_events(
             self.settings.batch_size, within=self.settings.batch_within_seconds
         ):
+            await self._process_until_done(events)
+            yield None
+
+    async def _process_until_done(self, events: Sequence[Any]) -> None:
+        """Process a batch, retrying with back-off: no exception leaves the agent.
+
+        A retry is safe: outputs are sent before states are written, and records whose
+        state was already written are recognised by their offsets on the next attempt.
+        """
+        attempt = 0
+        while True:
             try:
                 await self.process_batch(events)
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # never let an error kill the agent; the batch is re-delivered
+            except Exception:
+                attempt += 1
                 self.metrics.errors.labels(where="batch").inc()
-                log.exception("batch of %d records failed; it will be retried", len(events))
-                await asyncio.sleep(1.0)
-                raise
-            yield None
+                delay = min(30.0, 0.5 * 2**attempt)
+                log.exception(
+                    "batch of %d records failed (attempt %d); retrying in %.1fs",
+                    len(events),
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         """Score one batch: send and await outputs, then write the tables."""
