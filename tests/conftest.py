@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# the broker fixtures (real local Kafka) for tests/integration and tests/reliability
+pytest_plugins = ["tests.kafka_harness"]
+
 settings.register_profile("dev", deadline=None)
 settings.register_profile(
     "ci", deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow]

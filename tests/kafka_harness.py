@@ -1,4 +1,7 @@
-"""Fixtures for integration tests: a real single-node Kafka broker and unique names.
+"""Fixtures for broker tests: a real single-node Kafka broker, unique names, worker processes.
+
+A pytest plugin (registered in ``tests/conftest.py``), so ``tests/integration`` and
+``tests/reliability`` share one session broker.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` set: those brokers are used as they are.
 Otherwise the project's own broker script (``dev/kafka/kafka.sh``) starts a fresh broker on a
@@ -29,7 +32,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from engagement_index.core.model import load_model
 from engagement_index.topology import load_topology
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO_ROOT / "dev" / "kafka" / "kafka.sh"
 
 
