@@ -15,8 +15,8 @@ from kafka import KafkaConsumer, TopicPartition
 from engagement_index.kafka_admin import ensure_topics
 from engagement_index.settings import Settings
 from engagement_index.topology import load_topology
-from tests.integration.conftest import LocalBroker
 from tests.integration.test_collector import CollectorProcess, _private_topology, basic, request
+from tests.kafka_harness import LocalBroker
 
 
 def _track(collector: CollectorProcess, message_id: str) -> tuple[int, bytes]:
