@@ -10,6 +10,10 @@ export ENGAGEMENT_INDEX_MODEL_FILE="${ENGAGEMENT_INDEX_MODEL_FILE:-config/models
 export ENGAGEMENT_INDEX_DATA_DIR="${ENGAGEMENT_INDEX_DATA_DIR:-var/demo-worker}"
 web_port="${ENGAGEMENT_INDEX_WEB_PORT:-6066}"
 mkdir -p var
+# the query API needs a bearer token: make one for this run, readable for the demo tenant only
+# (the worker is given its digest; ENGAGEMENT_INDEX_API_AUTH=false turns auth off instead)
+api_token="${DEMO_API_TOKEN:-demo-$(head -c 24 /dev/urandom | base64 | tr -d '+/=\n')}"
+export ENGAGEMENT_INDEX_API_TOKENS="{\"sha256:$(printf %s "$api_token" | sha256sum | cut -d' ' -f1)\": [\"demo\"]}"
 
 dev/kafka/kafka.sh start
 "$bin/engagement-index" topics create
@@ -40,7 +44,8 @@ curl -fsS "http://127.0.0.1:$web_port/readyz" >/dev/null || { echo "run: the wor
 cat <<MSG
 
   Engagement Index is running.
-    contact API   http://127.0.0.1:$web_port/v1/contacts/demo/demo-0001
+    contact API   curl -H "Authorization: Bearer $api_token" \\
+                    http://127.0.0.1:$web_port/v1/contacts/demo/demo-0001
     metrics       http://127.0.0.1:$web_port/metrics
     health        http://127.0.0.1:$web_port/healthz   readiness http://127.0.0.1:$web_port/readyz
     topics        engagement.stage-changes, engagement.scores, engagement.dlq on $KAFKA_BOOTSTRAP_SERVERS

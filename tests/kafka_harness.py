@@ -30,6 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from engagement_index.core.model import load_model
+from engagement_index.stream.auth import token_digest
 from engagement_index.topology import load_topology
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +163,8 @@ def new_group(unique_name: Callable[[str], str]) -> Callable[[], str]:
 
 # --------------------------------------------------------------------------- worker processes
 ENGINE = [sys.executable, "-m", "engagement_index.cli"]
+# the query API token every test worker accepts (for every tenant) unless a test configures its own
+TEST_API_TOKEN = "test-token-" + uuid.uuid4().hex
 
 
 class WorkerProcess:
@@ -188,6 +191,7 @@ class WorkerProcess:
             "ENGAGEMENT_INDEX_DATA_DIR": str(data_dir),
             "ENGAGEMENT_INDEX_WEB_PORT": str(self.port),
             "ENGAGEMENT_INDEX_WEB_HOST": "127.0.0.1",
+            "ENGAGEMENT_INDEX_API_TOKENS": json.dumps({token_digest(TEST_API_TOKEN): ["*"]}),
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -216,10 +220,12 @@ class WorkerProcess:
         except (OSError, urllib.error.URLError):
             return False
 
-    def get(self, path: str) -> tuple[int, Any]:
-        """GET a JSON (or text) page; returns (status, body)."""
+    def get(self, path: str, token: str | None = TEST_API_TOKEN) -> tuple[int, Any]:
+        """GET a JSON (or text) page with a bearer token (None: without); (status, body)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        request = urllib.request.Request(f"{self.url}{path}", headers=headers)
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 raw = response.read()
                 status = response.status
                 ctype = response.headers.get("Content-Type", "")

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "worker": "worker",
     "demo": "demo",
     "collector": "collector",
+    "api-token": "api_token",
 }
 
 

@@ -89,6 +89,17 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.api_auth_failures = Counter(
+            "engagement_api_auth_failures_total",
+            "Query API requests refused with 401 (missing or invalid bearer token).",
+            registry=r,
+        )
+        self.erasures = Counter(
+            "engagement_erasures_total",
+            "Erasure commands applied, by outcome.",
+            ["outcome"],  # erased | not_found | invalid
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition of this registry."""

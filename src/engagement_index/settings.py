@@ -40,6 +40,18 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="host other workers use to reach this one (routing)"
     )
     web_port: int = Field(default=6066, ge=1, le=65535)
+    api_auth: bool = Field(
+        default=True,
+        description="require a bearer token on the query API (/v1/...); off only for demos",
+    )
+    api_tokens_file: Path | None = Field(
+        default=None,
+        description="YAML/JSON file {tokens: {'sha256:<hex>': [tenant, ...]}} (a mounted Secret)",
+    )
+    api_tokens: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="the same digest -> tenants map as JSON; merged over the tokens file",
+    )
 
     max_record_bytes: int = Field(default=64 * 1024, ge=1024)
     max_future_seconds: float = Field(default=300.0, ge=0)

@@ -641,3 +641,32 @@ def test_dead_broker_answers_5xx_and_publishes_nothing(tmp_path: Path) -> None:
         )
     finally:
         collector.stop()
+
+
+def test_write_key_is_required_and_metrics_name_no_contact(env: Env) -> None:
+    email = "carol.private@example.net"
+    call = {
+        "userId": email,
+        "event": "Order Completed",
+        "messageId": "m-pii-1",
+        "properties": {"email": email},
+    }
+    body = json.dumps(call).encode()
+    # no Authorization header and no writeKey in the body: refused, nothing published
+    status, _, answer = request(env.url + "/v1/track", body, {"Content-Type": "application/json"})
+    assert status == 401, answer
+    assert json.loads(answer)["success"] is False
+    assert email not in answer.decode()
+    assert "carol" not in repr(env.records("seg", idle_s=0.5))
+    status, _, answer = request(
+        env.url + "/v1/track",
+        body,
+        {"Content-Type": "application/json", "Authorization": basic("wk-seg")},
+    )
+    assert status == 200, answer
+    assert [e["contact_id"] for e in env.records("seg")["commerce"] if "carol" in e["contact_id"]]
+    metrics = request(f"{env.url}/metrics")[2].decode()
+    assert "engagement_collector_events_published_total" in metrics
+    assert "carol" not in metrics
+    assert "example.net" not in metrics
+    assert "wk-seg" not in metrics

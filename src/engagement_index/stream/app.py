@@ -35,6 +35,7 @@ from engagement_index.core.model import ScoringModel
 from engagement_index.core.state import decode_state
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
+from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.scoring import (
     BatchScorer,
@@ -94,6 +95,14 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
+BEARER_CHALLENGE = 'Bearer realm="engagement-index"'
+
+
+def not_found(key: ContactKey) -> dict[str, Any]:
+    """The API body for a contact that does not exist (or that the token may not read)."""
+    return {"error": "contact not found", "tenant": key.tenant, "contact_id": key.contact_id}
+
+
 class Worker:
     """A Faust app with the scoring agent, decay timer, tables and web views."""
 
@@ -110,6 +119,13 @@ class Worker:
         self.model = model
         self.metrics = metrics or Metrics()
         self.clock_ms = clock_ms
+        self.auth = (
+            TokenAuth(load_tokens(settings.api_tokens_file, settings.api_tokens))
+            if settings.api_auth
+            else None
+        )
+        if self.auth is not None and not len(self.auth):
+            log.warning("query API auth is on but no token is configured: /v1/ answers 401")
         self.due = DueIndex()
         self.stage_counts: CounterDict[str] = CounterDict()
         self.recovered = False
@@ -388,6 +404,11 @@ class Worker:
         class ContactPage(View):
             async def get(self, request: Request, tenant: str, contact_id: str) -> Response:
                 key = ContactKey(tenant, contact_id)
+                denied = worker.check_api_access(request, key)
+                if denied is not None:
+                    body, status = denied
+                    headers = {"WWW-Authenticate": BEARER_CHALLENGE} if status == 401 else None
+                    return self.json(body, status=status, headers=headers)
                 try:
                     raw_key = key.encode()
                 except UnicodeEncodeError:
@@ -401,6 +422,24 @@ class Worker:
                 body, status = worker.contact_view(key, raw_key)
                 return self.json(body, status=status)
 
+    def check_api_access(
+        self, request: Request, key: ContactKey
+    ) -> tuple[dict[str, Any], int] | None:
+        """None if the request may read ``key``; else the 401 or 404 answer.
+
+        A token that may not read the tenant gets the same 404 as an unknown contact.
+        """
+        if self.auth is None:
+            return None
+        try:
+            tenants = self.auth.tenants(request.headers.get("Authorization"))
+        except Unauthorized as exc:
+            self.metrics.api_auth_failures.inc()
+            return {"error": "unauthorized", "message": exc.message}, 401
+        if not TokenAuth.may_read(tenants, key.tenant):
+            return not_found(key), 404
+        return None
+
     def is_ready(self) -> bool:
         """Partitions assigned, changelogs recovered, not rebalancing."""
         return self.recovered and not self.app.rebalancing
@@ -409,10 +448,7 @@ class Worker:
         """The API body for one contact, with the index evaluated now."""
         raw = self.contacts.get(raw_key)
         if raw is None:
-            return (
-                {"error": "contact not found", "tenant": key.tenant, "contact_id": key.contact_id},
-                404,
-            )
+            return not_found(key), 404
         state = decode_state(StoredContact.decode(bytes(raw)).state_bytes, key)
         snapshot = evaluate(state, self.clock_ms(), self.model)
         history_raw = self.history.get(raw_key)
