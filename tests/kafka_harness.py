@@ -313,7 +313,7 @@ class StreamEnv:
     def topic(self, role: str) -> str:
         if role in self.topology.inbound:
             return self.topology.inbound[role].name
-        if role in ("stage_changes", "scores", "dead_letters"):
+        if role in ("stage_changes", "scores", "dead_letters", "erasures"):
             spec = getattr(self.topology.outbound, role)
             return str(spec.name)
         return str(getattr(self.topology.internal, role).name)

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "demo",
     "collector": "collector",
     "api-token": "api_token",
+    "erase": "erase",
 }
 
 

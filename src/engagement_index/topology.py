@@ -60,11 +60,15 @@ class OutboundTopics(_Frozen):
     scores: TopicSpec
     dead_letters: TopicSpec
     identities: TopicSpec = TopicSpec(name="engagement.identities", retention="30d")
+    erasures: TopicSpec = TopicSpec(name="engagement.erasures", retention="30d")
 
 
 class InternalTopics(_Frozen):
     rekey: TopicSpec
     ticks: TopicSpec
+    erasure_requests: TopicSpec = TopicSpec(
+        name="engagement-index.erasure-requests", retention="7d"
+    )
 
 
 class TableSpec(_Frozen):
@@ -100,33 +104,40 @@ class Topology(_Frozen):
 
     @property
     def scoring_sources(self) -> list[str]:
-        """Topics the scoring agent reads, in a fixed order (their index is stored per contact)."""
+        """Topics the scoring agent reads, in a fixed order (their index is stored per contact).
+
+        New sources go at the end: a source's index must never change.
+        """
         return [
             *(spec.name for spec in self.inbound.values()),
             self.internal.rekey.name,
             self.internal.ticks.name,
+            self.internal.erasure_requests.name,
         ]
 
     def channel_of(self, topic: str) -> str:
-        """The channel label of an inbound topic (``rekeyed``/``tick`` for internal ones)."""
+        """The channel label of an inbound topic (``rekeyed``/``erasure``/``tick`` otherwise)."""
         for channel, spec in self.inbound.items():
             if spec.name == topic:
                 return channel
         if topic == self.internal.rekey.name:
             return "rekeyed"
+        if topic == self.internal.erasure_requests.name:
+            return "erasure"
         return "tick"
 
     def all_topics(self) -> Iterator[tuple[str, int, TopicSpec]]:
         """Every topic with its partition count: what ``topics create`` makes."""
         for spec in self.inbound.values():
             yield spec.name, self.scoring_partitions, spec
-        for spec in (self.internal.rekey, self.internal.ticks):
+        for spec in (self.internal.rekey, self.internal.ticks, self.internal.erasure_requests):
             yield spec.name, self.scoring_partitions, spec
         for spec in (
             self.outbound.stage_changes,
             self.outbound.scores,
             self.outbound.dead_letters,
             self.outbound.identities,
+            self.outbound.erasures,
         ):
             yield spec.name, spec.partitions or self.scoring_partitions, spec
         for table, table_spec in self.tables.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engagement_index.collector import schemas as collector_schemas
 from engagement_index.commands.schemas import check, generate, write
+from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import CanonicalEvent
 from engagement_index.core.model import parse_model
 from engagement_index.core.records import ContactSnapshot, Transition
@@ -25,6 +26,8 @@ def test_examples_validate_against_the_models() -> None:
     Transition.model_validate(json.loads((examples / "transition.json").read_text()))
     ContactSnapshot.model_validate(json.loads((examples / "contact-state.json").read_text()))
     parse_model(json.loads((examples / "scoring-model.json").read_text()))
+    ErasureRequest.model_validate_json((examples / "erasure-request.json").read_text())
+    Erasure.model_validate_json((examples / "erasure.json").read_text())
 
 
 def test_check_detects_drift(tmp_path: Path) -> None:
@@ -41,6 +44,10 @@ def test_check_detects_drift(tmp_path: Path) -> None:
         "transition.json",
         "contact-state.json",
         "scoring-model.json",
+        "erasure-request.json",
+        "erasure.json",
+        "examples/erasure-request.json",
+        "examples/erasure.json",
         "examples/canonical-event.json",
         "examples/transition.json",
         "examples/contact-state.json",

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engagement_index.collector import schemas as collector_schemas
+from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import CanonicalEvent
 from engagement_index.core.model import PACKAGED_MODEL_PATH, ScoringModel, load_model
 from engagement_index.core.records import ContactSnapshot, Transition
@@ -43,7 +44,23 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
         ScoringModel,
         "A scoring and lifecycle model (config/models/*.yaml).",
     ),
+    "erasure-request": (
+        ErasureRequest,
+        "Erase a contact's state (the erasure command topic's record value, keyed by contact).",
+    ),
+    "erasure": (
+        Erasure,
+        "A contact's state was erased (the erasures topic's record value, keyed by contact).",
+    ),
 }
+
+_EXAMPLE_ERASURE_REQUEST = ErasureRequest(
+    erasure_id="0b6f3a52-6d1e-4d0c-9a57-2f3c1e9d8a10",
+    tenant="acme",
+    contact_id="c-42",
+    requested_at="2026-11-20T09:00:00.000Z",
+    requested_by="privacy-desk",
+)
 
 _EXAMPLE_EVENTS = [
     {
@@ -89,6 +106,10 @@ def generate() -> dict[str, str]:
     files["examples/transition.json"] = _dump(result.transitions[-1].model_dump(mode="json"))
     files["examples/contact-state.json"] = _dump(result.snapshots[0].model_dump(mode="json"))
     files["examples/scoring-model.json"] = _dump(model.model_dump(mode="json"))
+    request = _EXAMPLE_ERASURE_REQUEST
+    files["examples/erasure-request.json"] = _dump(request.model_dump(mode="json"))
+    erasure = Erasure(**request.model_dump(), found=True, erased_at="2026-11-20T09:00:00.250Z")
+    files["examples/erasure.json"] = _dump(erasure.model_dump(mode="json"))
     files.update(collector_schemas.generate())
     return files
 

@@ -130,7 +130,8 @@ class Worker:
         self.stage_counts: CounterDict[str] = CounterDict()
         self.recovered = False
         self._processed: dict[TP, int] = {}
-        self._data_sources = topology.scoring_sources[:-1]  # all but the tick topic
+        ticks = topology.internal.ticks.name
+        self._data_sources = [t for t in topology.scoring_sources if t != ticks]
         self.scorer = BatchScorer(
             model=model,
             topology=topology,
@@ -259,16 +260,23 @@ class Worker:
         await self._send_all(outcome.sends)
         for key, (index, value) in outcome.contact_writes.items():
             with _in_event(events[index]):
-                self.contacts[key] = value
+                if value is not None:
+                    self.contacts[key] = value
+                else:  # erased: a tombstone in the changelog
+                    self.contacts.pop(key, None)
         for key, (index, value) in outcome.history_writes.items():
             with _in_event(events[index]):
-                self.history[key] = value
+                if value is not None:
+                    self.history[key] = value
+                else:
+                    self.history.pop(key, None)
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         for old, new in outcome.stage_moves:
             if old is not None:
                 self.stage_counts[old] -= 1
-            self.stage_counts[new] += 1
+            if new is not None:
+                self.stage_counts[new] += 1
         for record in records:
             processed[TP(record.topic, record.partition)] = record.offset
         self._publish_gauges()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from engagement_index import __version__
+from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import (
     ContactKey,
     FailureType,
@@ -71,12 +72,14 @@ class BatchOutcome:
     """Everything a processed batch asks the I/O layer to do, in this order."""
 
     sends: list[OutboundRecord] = field(default_factory=list)
-    # table key -> (index in the batch of the last record that touched it, value)
-    contact_writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
-    history_writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    # table key -> (index in the batch of the last record that touched it, value);
+    # value None: delete the key (an erasure)
+    contact_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
+    history_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # table key -> (partition, due time or None)
     due_updates: dict[bytes, tuple[int, int | None]] = field(default_factory=dict)
-    stage_moves: list[tuple[str | None, str]] = field(default_factory=list)
+    # (old stage, new stage); new None: the contact was erased
+    stage_moves: list[tuple[str | None, str | None]] = field(default_factory=list)
     latency_from_ms: list[int] = field(default_factory=list)
 
 
@@ -120,6 +123,8 @@ class BatchScorer:
         self._stage_topic = topology.outbound.stage_changes.name
         self._scores_topic = topology.outbound.scores.name
         self._dlq_topic = topology.outbound.dead_letters.name
+        self._erasure_topic = topology.internal.erasure_requests.name
+        self._erasures_out_topic = topology.outbound.erasures.name
         self._max_future_ms = int(settings.max_future_seconds * 1000)
         self._max_age_ms = int(settings.max_age_days * 86_400_000)
         self._version_header = __version__.encode()
@@ -176,6 +181,9 @@ class BatchScorer:
     ) -> str | None:
         if record.topic == self._tick_topic:
             self._process_tick(index, record, out, contacts, histories, load_contact, load_history)
+            return None
+        if record.topic == self._erasure_topic:
+            self._process_erasure(index, record, now_ms, out, contacts, histories, load_contact)
             return None
         value = record.value
         if value is None:
@@ -278,6 +286,52 @@ class BatchScorer:
         )
         contacts[key] = new_stored
         out.contact_writes[key] = (index, new_stored.encode())
+
+    def _process_erasure(
+        self,
+        index: int,
+        record: InboundRecord,
+        now_ms: int,
+        out: BatchOutcome,
+        contacts: dict[bytes, StoredContact | None],
+        histories: dict[bytes, list[dict[str, object]]],
+        load_contact: Callable[[bytes, int], bytes | None],
+    ) -> None:
+        """Delete the contact's state and history; tombstone its score; confirm downstream."""
+        try:
+            if record.value is None:
+                raise ValueError("record has no value")
+            request = ErasureRequest.model_validate_json(record.value)
+        except ValueError as exc:
+            self.metrics.erasures.labels(outcome="invalid").inc()
+            failure = FailureType.SCHEMA_VIOLATION
+            self._dead_letter(out, record, failure, f"erasure request: {exc}", now_ms)
+            return
+        key = request.key.encode()
+        if record.key != key:  # not on the owner's partition: send it there
+            out.sends.append(OutboundRecord(self._erasure_topic, key, record.value))
+            return
+        stored = self._load(key, index, contacts, load_contact)
+        if stored is not None:
+            state = decode_state(stored.state_bytes, request.key)
+            out.stage_moves.append((stage_of(state, self._compiled), None))
+        erasure = Erasure(
+            erasure_id=request.erasure_id,
+            tenant=request.tenant,
+            contact_id=request.contact_id,
+            found=stored is not None,
+            requested_at=request.requested_at,
+            erased_at=ms_to_rfc3339(now_ms),
+            requested_by=request.requested_by,
+        )
+        out.sends.append(OutboundRecord(self._scores_topic, key, None))  # compaction tombstone
+        out.sends.append(OutboundRecord(self._erasures_out_topic, key, erasure.to_json_bytes()))
+        contacts[key] = None
+        histories[key] = []
+        out.contact_writes[key] = (index, None)
+        out.history_writes[key] = (index, None)
+        out.due_updates[key] = (record.partition, None)
+        self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
 
     # ---------------------------------------------------------------- outputs
     def _emit(

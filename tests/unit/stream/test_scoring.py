@@ -14,6 +14,7 @@ from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.scoring import (
+    BatchOutcome,
     BatchScorer,
     InboundRecord,
     decode_tick,
@@ -68,9 +69,15 @@ def scorer() -> BatchScorer:
 def run(scorer: BatchScorer, tables: Tables, records: list[InboundRecord]) -> object:
     out = scorer.process(records, tables.load_contact, tables.load_history)
     for key, (_, value) in out.contact_writes.items():
-        tables.contacts[key] = value
+        if value is None:
+            tables.contacts.pop(key, None)
+        else:
+            tables.contacts[key] = value
     for key, (_, value) in out.history_writes.items():
-        tables.history[key] = value
+        if value is None:
+            tables.history.pop(key, None)
+        else:
+            tables.history[key] = value
     return out
 
 
@@ -93,7 +100,9 @@ def test_scores_and_emits_first_seen_then_threshold(scorer: BatchScorer) -> None
     assert all(s.key == KEY for s in stage_changes)
     assert list(out.contact_writes) == [KEY], "one coalesced write per contact per batch"
     assert out.contact_writes[KEY][0] == 11, "written in the context of its last record"
-    stored = StoredContact.decode(out.contact_writes[KEY][1])
+    written = out.contact_writes[KEY][1]
+    assert written is not None
+    stored = StoredContact.decode(written)
     assert stored.offsets == {0: 11}
 
 
@@ -246,3 +255,90 @@ def test_due_index_pops_due_entries_only_and_retries() -> None:
     assert len(due) == 2
     due.drop_partitions([0])
     assert len(due) == 0
+
+
+ERASURES_IN = "engagement-index.erasure-requests"
+
+
+def erasure(contact: str = "c-1", erasure_id: str = "x-1") -> bytes:
+    return json.dumps(
+        {
+            "erasure_id": erasure_id,
+            "tenant": "acme",
+            "contact_id": contact,
+            "requested_at": "2026-11-18T12:00:00.000Z",
+        }
+    ).encode()
+
+
+def test_an_erasure_deletes_state_and_history_and_confirms(scorer: BatchScorer) -> None:
+    tables = Tables()
+    other = ContactKey("acme", "c-2").encode()
+    run(
+        scorer,
+        tables,
+        [rec(i, event(i, 36_000 + i)) for i in range(12)]
+        + [rec(12, event(12, 36_100, contact="c-2"), key=other)],
+    )
+    stage = json.loads(tables.history[KEY])[-1]["to_stage"]
+    out = run(scorer, tables, [rec(0, erasure(), topic=ERASURES_IN)])
+    assert isinstance(out, BatchOutcome)
+    assert KEY not in tables.contacts
+    assert KEY not in tables.history
+    assert other in tables.contacts, "other contacts are untouched"
+    assert out.contact_writes[KEY] == (0, None)
+    assert out.due_updates[KEY] == (0, None)
+    assert out.stage_moves == [(stage, None)]
+    by_topic = {s.topic: s for s in out.sends}
+    assert by_topic["engagement.scores"].key == KEY
+    assert by_topic["engagement.scores"].value is None, "a compaction tombstone"
+    confirmation = json.loads(by_topic["engagement.erasures"].value or b"")
+    assert confirmation["found"] is True
+    assert confirmation["contact_id"] == "c-1"
+    assert confirmation["erasure_id"] == "x-1"
+    # a second request for the same contact finds nothing, and says so
+    again = run(scorer, tables, [rec(1, erasure(erasure_id="x-2"), topic=ERASURES_IN)])
+    assert isinstance(again, BatchOutcome)
+    sent = {s.topic: s for s in again.sends}
+    assert json.loads(sent["engagement.erasures"].value or b"")["found"] is False
+    assert again.stage_moves == []
+    # new events after the erasure start a new contact from nothing
+    later = run(scorer, tables, [rec(20, event(20, 40_000))])
+    assert isinstance(later, BatchOutcome)
+    reasons = [
+        json.loads(s.value or b"")["reason"]
+        for s in later.sends
+        if s.topic == "engagement.stage-changes"
+    ]
+    assert reasons[0] == "first_seen"
+    assert (
+        scorer.metrics.registry.get_sample_value("engagement_erasures_total", {"outcome": "erased"})
+        == 1
+    )
+
+
+def test_an_erasure_in_the_same_batch_as_events_wins_over_earlier_ones(
+    scorer: BatchScorer,
+) -> None:
+    tables = Tables()
+    out = run(
+        scorer,
+        tables,
+        [rec(0, event(0, 36_000)), rec(0, erasure(), topic=ERASURES_IN), rec(1, event(1, 36_001))],
+    )
+    assert isinstance(out, BatchOutcome)
+    stored = StoredContact.decode(tables.contacts[KEY])
+    assert stored.offsets == {0: 1}, "only the event after the erasure is in the new state"
+    history = json.loads(tables.history[KEY])
+    assert [t["reason"] for t in history] == ["first_seen"]
+
+
+def test_bad_or_misrouted_erasure_requests(scorer: BatchScorer) -> None:
+    tables = Tables()
+    bad = run(scorer, tables, [rec(0, b'{"tenant": "acme"}', topic=ERASURES_IN)])
+    assert isinstance(bad, BatchOutcome)
+    assert [s.topic for s in bad.sends] == ["engagement.dlq"]
+    moved = run(scorer, tables, [rec(1, erasure(), key=b"legacy:c-1", topic=ERASURES_IN)])
+    assert isinstance(moved, BatchOutcome)
+    assert [(s.topic, s.key) for s in moved.sends] == [(ERASURES_IN, KEY)]
+    assert moved.contact_writes == {}
