@@ -35,6 +35,7 @@ from engagement_index.collector.segment import (
     map_message,
 )
 from engagement_index.collector.webhooks import map_mailgun, map_sendgrid, parse_mailgun
+from engagement_index.core.erasure import ErasureRequest
 from engagement_index.core.events import (
     CanonicalEvent,
     ContactKey,
@@ -234,7 +235,7 @@ record_keys = st.one_of(
 )
 inbound_records = st.lists(
     st.tuples(
-        st.integers(0, len(TOPOLOGY.scoring_sources) - 1),  # the source topic (last: ticks)
+        st.integers(0, len(TOPOLOGY.scoring_sources) - 1),  # the source topic (ticks, erasures)
         record_keys,
         st.one_of(st.none(), raw_records),
     ),
@@ -261,6 +262,15 @@ def _expected_failure(value: bytes | None) -> str | None:
     return None
 
 
+def _valid_erasure_request(value: bytes | None) -> bool:
+    """The reference decision for a record on the erasure command topic."""
+    try:
+        ErasureRequest.model_validate_json(value or b"")
+    except ValueError:
+        return False
+    return value is not None
+
+
 def check_worker_batch(items: list[tuple[int, bytes | None, bytes | None]]) -> None:
     """The worker's batch path (no Kafka): every bad record is dead-lettered exactly as it
     came, with its headers; every good one is scored or re-keyed; nothing raises."""
@@ -285,6 +295,10 @@ def check_worker_batch(items: list[tuple[int, bytes | None, bytes | None]]) -> N
     expected_rekey = []
     for record in records:
         if record.topic == TOPOLOGY.internal.ticks.name:
+            continue
+        if record.topic == TOPOLOGY.internal.erasure_requests.name:
+            if not _valid_erasure_request(record.value):
+                expected_dlq.append((record, FailureType.SCHEMA_VIOLATION.value))
             continue
         failure = _expected_failure(record.value)
         if failure is not None:
