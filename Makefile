@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA := dev/kafka/kafka.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint typecheck unit integration run bench kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup test lint typecheck unit integration reliability soak run bench kafka-start kafka-stop kafka-status lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,14 @@ test: setup lint typecheck ## everything: lint, types, unit, property and integr
 integration: setup ## integration tests only
 	$(BIN)/pytest tests/integration
 
+reliability: setup ## fault, poison-pill and fuzz suites at full size (figures in var/reliability/*.json)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,fuzz]'
+	RELIABILITY_SIZE=full $(BIN)/pytest tests/reliability -s $(ARGS)
+	$(BIN)/python -m tests.reliability.fuzz $(FUZZ_ARGS)
+
+soak: setup ## 30 min at 50% of the measured peak: worker RSS and lag (ARGS="--minutes n"; var/reliability/soak.json)
+	$(BIN)/python -m tests.reliability.soak $(ARGS)
+
 run: setup ## start a local broker, the worker and demo traffic (Ctrl-C stops)
 	@dev/run-demo.sh
 
@@ -57,7 +65,7 @@ kafka-status: ## is the local broker running?
 
 lock: ## re-resolve dependencies and rewrite constraints.txt
 	rm -rf .cache/lock-venv && $(PYTHON) -m venv .cache/lock-venv
-	.cache/lock-venv/bin/pip install --quiet -e '.[dev,bench]'
+	.cache/lock-venv/bin/pip install --quiet -e '.[dev,bench,fuzz]'
 	{ echo '# Exact versions installed by `make` (pip install -c constraints.txt). Regenerate with `make lock`.'; \
 	  .cache/lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt
 

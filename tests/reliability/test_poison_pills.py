@@ -22,7 +22,7 @@ naming their source topic/partition/offset and failure type; the metric of dead 
 equals the injected count per failure type; the good records' transitions and final states
 equal the replay oracle's; the worker drains the stream and commits to the end (no stall).
 
-``RELIABILITY_FULL=1`` (``make reliability``) runs 50,000 good records; the default (``make
+``RELIABILITY_SIZE=full`` (``make reliability``) runs 50,000 good records; the default (``make
 test``) 2,000. Figures go to ``var/reliability/poison_pills.json``.
 """
 
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_YAML = (REPO / "config" / "models" / "default.yaml").read_text()
-FULL = os.environ.get("RELIABILITY_FULL") == "1"
+FULL = os.environ.get("RELIABILITY_SIZE") == "full"
 GOOD = 50_000 if FULL else 2_000
 CONTACTS = 5_000 if FULL else 200
 OUT = REPO / "var" / "reliability" / "poison_pills.json"
