@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from engagement_index.errors import EngagementIndexError
+
 #: a transparent 1x1 GIF (43 bytes)
 GIF = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -86,7 +88,7 @@ class PixelHit:
     properties: dict[str, str]
 
 
-class PixelInvalid(Exception):
+class PixelInvalid(EngagementIndexError):
     """The pixel request is not to be published; ``reason`` is a metric label."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
+from engagement_index.errors import BrokerError
 from engagement_index.settings import Settings
 
 log = logging.getLogger("engagement_index.collector")
@@ -40,7 +41,7 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class PublishError(Exception):
+class PublishError(BrokerError):
     """The records could not be published (not connected, timeout, broker error)."""
 
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engagement_index.core.events import TENANT_PATTERN
-from engagement_index.errors import ConfigError
+from engagement_index.errors import ConfigError, EngagementIndexError
 
 ALL_TENANTS = "*"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -95,7 +95,7 @@ def load_tokens(file: Path | None, direct: Mapping[str, list[str]]) -> ApiTokens
         raise ConfigError(f"ENGAGEMENT_INDEX_API_TOKENS: {_problems(exc)}") from exc
 
 
-class Unauthorized(Exception):
+class Unauthorized(EngagementIndexError):
     """No valid bearer token: answer 401 with ``message``."""
 
     def __init__(self, message: str) -> None:
