@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 MS_PER_DAY = 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -138,10 +139,21 @@ def ms_to_datetime(ms: int) -> datetime:
 
 
 _DATE_CACHE: dict[int, str] = {}
+_LAST_TEXT: list[Any] = [None, ""]  # the last conversion: [ms, text]
 
 
 def ms_to_rfc3339(ms: int) -> str:
     """RFC 3339 in UTC with exactly three fraction digits, e.g. ``2026-11-01T10:00:00.000Z``."""
+    last = _LAST_TEXT
+    if last[0] == ms:
+        return str(last[1])
+    text = _ms_to_rfc3339(ms)
+    last[0] = ms
+    last[1] = text
+    return text
+
+
+def _ms_to_rfc3339(ms: int) -> str:
     day, rest = divmod(ms, MS_PER_DAY)
     date = _DATE_CACHE.get(day)
     if date is None:

@@ -36,6 +36,7 @@ from engagement_index.core.state import decode_state
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
+from engagement_index.stream.bulk import BulkApp
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.scoring import (
     BatchScorer,
@@ -53,6 +54,15 @@ log = logging.getLogger("engagement_index.worker")
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch, from the wall clock (I/O layer only)."""
     return time.time_ns() // 1_000_000
+
+
+class _PartitionEvent:
+    """The part of a Faust event that table access reads: ``message.partition``."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
 
 
 @contextlib.contextmanager
@@ -140,7 +150,7 @@ class Worker:
             clock_ms=clock_ms,
         )
         partitions = topology.scoring_partitions
-        self.app = faust.App(
+        self.app = BulkApp(
             topology.app_id,
             broker=broker_urls(settings),
             broker_credentials=broker_credentials(settings),
@@ -164,6 +174,7 @@ class Worker:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_linger_ms=5,
+            broker_max_poll_records=settings.batch_size,
             stream_wait_empty=True,
             logging_config=None,
         )
@@ -194,16 +205,20 @@ class Worker:
         )
         self.contacts.on_recover(self._rebuild_due_index)
         self.app.agent(self.source, name="score")(self._score_agent)
+        # the agent subscribes the sources; their records reach process_batch in whole fetches
+        self.app.bulk_topics = frozenset(topology.scoring_sources)
+        self.app.bulk_handler = self._process_until_done
         self.app.timer(settings.tick_interval_seconds)(self._decay_timer)
         self._register_views()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # ------------------------------------------------------------------ agent
     async def _score_agent(self, stream: Any) -> AsyncIterator[None]:
+        """Fallback path: records reach it only if the bulk path is off."""
         async for events in stream.take_events(
             self.settings.batch_size, within=self.settings.batch_within_seconds
         ):
-            await self._process_until_done(events)
+            await self._process_until_done([event.message for event in events])
             yield None
 
     async def _process_until_done(self, events: Sequence[Any]) -> None:
@@ -231,27 +246,35 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
 
-    async def process_batch(self, events: Sequence[Any]) -> None:
-        """Score one batch: send and await outputs, then write the tables."""
+    async def process_batch(self, messages: Sequence[Any]) -> None:
+        """Score one batch of consumed messages: send and await outputs, then write tables."""
         records = [
             InboundRecord(
-                topic=e.message.topic,
-                partition=e.message.partition,
-                offset=e.message.offset,
-                key=e.message.key,
-                value=e.message.value,
-                timestamp_ms=int(e.message.timestamp * 1000),
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                key=m.key,
+                value=m.value,
+                timestamp_ms=int(m.timestamp * 1000),
             )
-            for e in events
+            for m in messages
         ]
+        by_partition: dict[int, _PartitionEvent] = {}
+
+        def event_for(index: int) -> _PartitionEvent:
+            message = messages[index]
+            event = by_partition.get(message.partition)
+            if event is None:
+                event = by_partition[message.partition] = _PartitionEvent(message)
+            return event
 
         def load_contact(key: bytes, index: int) -> bytes | None:
-            with _in_event(events[index]):
+            with _in_event(event_for(index)):
                 value = self.contacts.get(key)
             return bytes(value) if value is not None else None
 
         def load_history(key: bytes, index: int) -> bytes | None:
-            with _in_event(events[index]):
+            with _in_event(event_for(index)):
                 value = self.history.get(key)
             return bytes(value) if value is not None else None
 
@@ -259,13 +282,13 @@ class Worker:
         processed = self._processed
         await self._send_all(outcome.sends)
         for key, (index, value) in outcome.contact_writes.items():
-            with _in_event(events[index]):
+            with _in_event(event_for(index)):
                 if value is not None:
                     self.contacts[key] = value
                 else:  # erased: a tombstone in the changelog
                     self.contacts.pop(key, None)
         for key, (index, value) in outcome.history_writes.items():
-            with _in_event(events[index]):
+            with _in_event(event_for(index)):
                 if value is not None:
                     self.history[key] = value
                 else:

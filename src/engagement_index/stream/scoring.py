@@ -13,14 +13,17 @@ tables, and gets back what to send and what to store. That keeps the delivery ru
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from engagement_index import __version__
+from engagement_index.core.decay import index_of
 from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import (
     ContactKey,
@@ -125,11 +128,14 @@ class BatchScorer:
         self._dlq_topic = topology.outbound.dead_letters.name
         self._erasure_topic = topology.internal.erasure_requests.name
         self._erasures_out_topic = topology.outbound.erasures.name
+        self._max_record_bytes = settings.max_record_bytes
+        self._rules = self._compiled.rules
         self._max_future_ms = int(settings.max_future_seconds * 1000)
         self._max_age_ms = int(settings.max_age_days * 86_400_000)
         self._version_header = __version__.encode()
         self._channels = {t: topology.channel_of(t) for t in topology.scoring_sources}
         self._newest_event_ms: dict[str, int] = {}
+        self._transition_counters: dict[tuple[str | None, str, str], Any] = {}
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -138,10 +144,14 @@ class BatchScorer:
         load_contact: Callable[[bytes, int], bytes | None],
         load_history: Callable[[bytes, int], bytes | None],
     ) -> BatchOutcome:
-        """Score ``records`` in order; never raises for a bad record."""
+        """Score ``records`` in order; never raises for a bad record.
+
+        Each contact's stored value is decoded at most once per batch and encoded once at the
+        end (one table write, so one changelog record, per contact per batch).
+        """
         out = BatchOutcome()
-        contacts: dict[bytes, StoredContact | None] = {}
-        histories: dict[bytes, list[dict[str, object]]] = {}
+        contacts: dict[bytes, _Entry | None] = {}
+        histories: dict[bytes, list[bytes]] = {}
         now_ms = self.clock_ms()
         outcomes: Counter[tuple[str, str]] = Counter()
         newest: dict[str, int] = {}
@@ -159,6 +169,15 @@ class BatchScorer:
                 outcome = "dead_lettered"
             if outcome:
                 outcomes[(channel, outcome)] += 1
+        writes = out.contact_writes
+        for key, entry in contacts.items():
+            if entry is not None and entry.last_index >= 0:
+                writes[key] = (entry.last_index, entry.encode())
+        history_size = self.settings.history_size
+        for key, (index, placeholder) in list(out.history_writes.items()):
+            if placeholder is not None:  # None: erased, a tombstone
+                entries = histories[key][-history_size:]
+                out.history_writes[key] = (index, b"[" + b",".join(entries) + b"]")
         consumed = self.metrics.events_consumed
         for (channel, outcome), count in outcomes.items():
             consumed.labels(channel=channel, outcome=outcome).inc(count)
@@ -174,8 +193,8 @@ class BatchScorer:
         record: InboundRecord,
         now_ms: int,
         out: BatchOutcome,
-        contacts: dict[bytes, StoredContact | None],
-        histories: dict[bytes, list[dict[str, object]]],
+        contacts: dict[bytes, _Entry | None],
+        histories: dict[bytes, list[bytes]],
         load_contact: Callable[[bytes, int], bytes | None],
         load_history: Callable[[bytes, int], bytes | None],
     ) -> str | None:
@@ -192,14 +211,17 @@ class BatchScorer:
             )
             return "dead_lettered"
         try:
-            fields = parse_event_fields(value, max_bytes=self.settings.max_record_bytes)
-            check_event_type(fields, self.model)
-            check_time_window(
-                fields.timestamp_ms,
-                now_ms,
-                max_future_ms=self._max_future_ms,
-                max_age_ms=self._max_age_ms,
-            )
+            fields = parse_event_fields(value, max_bytes=self._max_record_bytes)
+            if fields.type not in self._rules:
+                check_event_type(fields, self.model)
+            event_ms = fields.timestamp_ms
+            if not now_ms - self._max_age_ms <= event_ms <= now_ms + self._max_future_ms:
+                check_time_window(
+                    event_ms,
+                    now_ms,
+                    max_future_ms=self._max_future_ms,
+                    max_age_ms=self._max_age_ms,
+                )
         except EventRejected as exc:
             self._dead_letter(out, record, FailureType(exc.failure), exc.message, now_ms)
             return "dead_lettered"
@@ -207,38 +229,26 @@ class BatchScorer:
         if record.key != key:
             out.sends.append(OutboundRecord(self._rekey_topic, key, value))
             return "rekeyed"
-        stored = self._load(key, index, contacts, load_contact)
+        entry = self._load(key, index, contacts, load_contact)
         source = self._source_index[record.topic]
-        if stored is not None and stored.offsets.get(source, -1) >= record.offset:
+        if entry is not None and entry.offsets.get(source, -1) >= record.offset:
             return "duplicate"  # re-delivery of a record already in the state
-        previous = (
-            decode_state(stored.state_bytes, ContactKey(fields.tenant, fields.contact_id))
-            if stored is not None
-            else None
-        )
+        previous = entry.state(key) if entry is not None else None
         state, transitions = apply_fields(previous, fields, self._compiled)
         duplicate = previous is not None and state is previous
-        new_stored = StoredContact(
-            state_bytes=stored.state_bytes if duplicate and stored else encode_state(state),
-            offsets=dict(stored.offsets) if stored else {},
-            published_index=stored.published_index if stored else math.nan,
-        )
-        new_stored.offsets[source] = record.offset
+        if entry is None:
+            entry = _Entry(None, {}, math.nan)
+        published = entry.published_index
         if not duplicate:
-            self._emit(
-                index,
-                key,
-                record,
-                previous,
-                state,
-                transitions,
-                new_stored,
-                out,
-                histories,
-                load_history,
+            published = self._emit(
+                index, key, record, state, transitions, published, out, histories, load_history
             )
-        contacts[key] = new_stored
-        out.contact_writes[key] = (index, new_stored.encode())
+        # all checks passed: commit the contact's new state to the batch cache
+        entry.offsets[source] = record.offset
+        entry.published_index = published
+        entry.set_state(state)
+        entry.last_index = index
+        contacts[key] = entry
         out.latency_from_ms.append(record.timestamp_ms)
         newest = self._newest_event_ms
         if fields.timestamp_ms > newest.get(record.topic, -1):
@@ -250,42 +260,37 @@ class BatchScorer:
         index: int,
         record: InboundRecord,
         out: BatchOutcome,
-        contacts: dict[bytes, StoredContact | None],
-        histories: dict[bytes, list[dict[str, object]]],
+        contacts: dict[bytes, _Entry | None],
+        histories: dict[bytes, list[bytes]],
         load_contact: Callable[[bytes, int], bytes | None],
         load_history: Callable[[bytes, int], bytes | None],
     ) -> None:
         if record.key is None or record.value is None or len(record.value) != TICK.size:
             return  # not ours; ticks carry no user data, nothing to dead-letter
         key = record.key
-        stored = self._load(key, index, contacts, load_contact)
-        if stored is None:
+        entry = self._load(key, index, contacts, load_contact)
+        if entry is None:
             out.due_updates[key] = (record.partition, None)
             return
-        previous = decode_state(stored.state_bytes, ContactKey.decode(key))
+        previous = entry.state(key)
         state, transitions = advance(previous, decode_tick(record.value), self._compiled)
         if not transitions:
             out.due_updates[key] = (record.partition, state.due_ms)
             return
-        new_stored = StoredContact(
-            state_bytes=encode_state(state),
-            offsets=dict(stored.offsets),
-            published_index=stored.published_index,
-        )
-        self._emit(
+        published = self._emit(
             index,
             key,
             record,
-            previous,
             state,
             transitions,
-            new_stored,
+            entry.published_index,
             out,
             histories,
             load_history,
         )
-        contacts[key] = new_stored
-        out.contact_writes[key] = (index, new_stored.encode())
+        entry.published_index = published
+        entry.set_state(state)
+        entry.last_index = index
 
     def _process_erasure(
         self,
@@ -293,8 +298,8 @@ class BatchScorer:
         record: InboundRecord,
         now_ms: int,
         out: BatchOutcome,
-        contacts: dict[bytes, StoredContact | None],
-        histories: dict[bytes, list[dict[str, object]]],
+        contacts: dict[bytes, _Entry | None],
+        histories: dict[bytes, list[bytes]],
         load_contact: Callable[[bytes, int], bytes | None],
     ) -> None:
         """Delete the contact's state and history; tombstone its score; confirm downstream."""
@@ -313,7 +318,7 @@ class BatchScorer:
             return
         stored = self._load(key, index, contacts, load_contact)
         if stored is not None:
-            state = decode_state(stored.state_bytes, request.key)
+            state = stored.state(key)
             out.stage_moves.append((stage_of(state, self._compiled), None))
         erasure = Erasure(
             erasure_id=request.erasure_id,
@@ -339,37 +344,50 @@ class BatchScorer:
         index: int,
         key: bytes,
         record: InboundRecord,
-        previous: ContactState | None,
         state: ContactState,
         transitions: list[Transition],
-        stored: StoredContact,
+        published_index: float,
         out: BatchOutcome,
-        histories: dict[bytes, list[dict[str, object]]],
+        histories: dict[bytes, list[bytes]],
         load_history: Callable[[bytes, int], bytes | None],
-    ) -> None:
+    ) -> float:
+        """Queue the outputs of a state change; returns the contact's published index."""
         out.due_updates[key] = (record.partition, state.due_ms)
+        sends = out.sends
         if transitions:
             history = self._history(key, index, histories, load_history)
+            counters = self._transition_counters
             for transition in transitions:
-                out.sends.append(OutboundRecord(self._stage_topic, key, transition.to_json_bytes()))
-                out.stage_moves.append((transition.from_stage, transition.to_stage))
-                self.metrics.transitions.labels(
-                    from_stage=transition.from_stage or "none",
-                    to_stage=transition.to_stage,
-                    reason=transition.reason,
-                ).inc()
-                history.append(transition.model_dump(mode="json"))
+                payload = transition.to_json_bytes()
+                sends.append(OutboundRecord(self._stage_topic, key, payload))
+                move = (transition.from_stage, transition.to_stage)
+                out.stage_moves.append(move)
+                counter = counters.get((*move, transition.reason))
+                if counter is None:
+                    counter = counters[(*move, transition.reason)] = (
+                        self.metrics.transitions.labels(
+                            from_stage=transition.from_stage or "none",
+                            to_stage=transition.to_stage,
+                            reason=transition.reason,
+                        )
+                    )
+                counter.inc()
+                history.append(payload)
             del history[: -self.settings.history_size]
-            out.history_writes[key] = (index, json.dumps(history, separators=(",", ":")).encode())
-        snapshot = evaluate(state, state.clock_ms, self._compiled)
-        moved = math.isnan(stored.published_index) or (
-            abs(snapshot.index - stored.published_index) > self.settings.score_step
+            out.history_writes[key] = (index, b"")  # the value is joined at the batch end
+        # the snapshot is evaluated at the state's clock, where the index needs no rebase
+        index_now = index_of(
+            state.values, self._compiled.halves[state.post_purchase], self._compiled
+        )
+        moved = math.isnan(published_index) or (
+            abs(index_now - published_index) > self.settings.score_step
         )
         if moved or transitions:
-            stored.published_index = snapshot.index
-            out.sends.append(OutboundRecord(self._scores_topic, key, snapshot.to_json_bytes()))
+            snapshot = evaluate(state, state.clock_ms, self._compiled)
+            sends.append(OutboundRecord(self._scores_topic, key, snapshot.to_json_bytes()))
             self.metrics.score_snapshots.inc()
-        del previous
+            return snapshot.index
+        return published_index
 
     def _dead_letter(
         self,
@@ -396,22 +414,65 @@ class BatchScorer:
     def _load(
         key: bytes,
         index: int,
-        cache: dict[bytes, StoredContact | None],
+        cache: dict[bytes, _Entry | None],
         load: Callable[[bytes, int], bytes | None],
-    ) -> StoredContact | None:
-        if key not in cache:
-            raw = load(key, index)
-            cache[key] = StoredContact.decode(raw) if raw is not None else None
-        return cache[key]
+    ) -> _Entry | None:
+        if key in cache:
+            return cache[key]
+        raw = load(key, index)
+        entry = None
+        if raw is not None:
+            stored = StoredContact.decode(raw)
+            entry = _Entry(stored.state_bytes, stored.offsets, stored.published_index)
+        cache[key] = entry
+        return entry
 
     @staticmethod
     def _history(
         key: bytes,
         index: int,
-        cache: dict[bytes, list[dict[str, object]]],
+        cache: dict[bytes, list[bytes]],
         load: Callable[[bytes, int], bytes | None],
-    ) -> list[dict[str, object]]:
-        if key not in cache:
+    ) -> list[bytes]:
+        history = cache.get(key)
+        if history is None:
             raw = load(key, index)
-            cache[key] = json.loads(raw) if raw else []
-        return cache[key]
+            history = cache[key] = [orjson.dumps(item) for item in orjson.loads(raw)] if raw else []
+        return history
+
+
+class _Entry:
+    """A contact within one batch: its stored bookkeeping and its state, decoded lazily."""
+
+    __slots__ = ("_state", "_state_bytes", "last_index", "offsets", "published_index")
+
+    def __init__(
+        self, state_bytes: bytes | None, offsets: dict[int, int], published_index: float
+    ) -> None:
+        self._state_bytes = state_bytes
+        self._state: ContactState | None = None
+        self.offsets = offsets
+        self.published_index = published_index
+        self.last_index = -1  # index in the batch of the last record that changed it
+
+    def state(self, key: bytes) -> ContactState:
+        """The contact's state (decoded on first use)."""
+        state = self._state
+        if state is None:
+            assert self._state_bytes is not None
+            state = self._state = decode_state(self._state_bytes, ContactKey.decode(key))
+        return state
+
+    def set_state(self, state: ContactState) -> None:
+        """Replace the state (its bytes are re-encoded at the batch end if it changed)."""
+        if state is not self._state:
+            self._state = state
+            self._state_bytes = None
+
+    def encode(self) -> bytes:
+        """The table value."""
+        state_bytes = self._state_bytes
+        if state_bytes is None:
+            assert self._state is not None
+            state_bytes = self._state_bytes = encode_state(self._state)
+        return StoredContact(state_bytes, self.offsets, self.published_index).encode()
