@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from engagement_index.core.records import ContactSnapshot, Transition
 
 _floats = st.floats(allow_nan=False, allow_infinity=False)
-_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
 
 
 def _transition(index: float, previous: float, comps: dict[str, float], who: str) -> Transition:
