@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,7 +93,7 @@ def _iso(ms: int) -> str:
 
 def run_demo(
     *,
-    bootstrap_servers: str,
+    kafka_options: Mapping[str, Any],
     topology: Topology,
     tenant: str,
     contacts: int,
@@ -107,13 +107,13 @@ def run_demo(
     """Publish demo traffic until ``duration_s`` elapses (or forever); return counts."""
     rng = random.Random(seed)
     people = make_contacts(contacts, rng)
-    producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), linger_ms=20)
+    producer = KafkaProducer(linger_ms=20, **kafka_options)
     stop = threading.Event()
     tailer = None
     if tail:
         tailer = threading.Thread(
             target=_tail_stage_changes,
-            args=(bootstrap_servers, topology.outbound.stage_changes.name, stop, out),
+            args=(kafka_options, topology.outbound.stage_changes.name, stop, out),
             daemon=True,
         )
         tailer.start()
@@ -203,11 +203,14 @@ def _send(
 
 
 def _tail_stage_changes(
-    bootstrap_servers: str, topic: str, stop: threading.Event, out: Callable[[str], None]
+    kafka_options: Mapping[str, Any],
+    topic: str,
+    stop: threading.Event,
+    out: Callable[[str], None],
 ) -> None:
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap_servers.split(","),
+        **kafka_options,
         group_id=f"demo-tail-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="latest",
         consumer_timeout_ms=500,

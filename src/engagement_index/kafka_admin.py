@@ -10,27 +10,19 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
 from engagement_index.errors import BrokerError, TopologyError
+from engagement_index.kafka_security import check_access, kafka_python_options
 from engagement_index.settings import Settings
 from engagement_index.topology import Topology
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """kafka-python connection options from the settings (SASL/SSL included)."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",")],
-        "security_protocol": settings.security_protocol,
-    }
-    if settings.sasl_mechanism:
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        options["sasl_plain_password"] = settings.sasl_password
-    if settings.ssl_cafile:
-        options["ssl_cafile"] = str(settings.ssl_cafile)
-    return options
+    return kafka_python_options(settings)
 
 
 def connect_admin(settings: Settings) -> KafkaAdminClient:
     """An admin client, or ``BrokerError`` naming the servers when none answers."""
+    check_access(settings)  # wrong credentials or TLS trust: a clear error at once
     timeout_s = settings.admin_timeout_seconds
     deadline = time.monotonic() + timeout_s
     while True:

@@ -15,7 +15,11 @@ class Settings(BaseSettings):
     """Everything a worker needs that is not the topology or the scoring model."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ENGAGEMENT_INDEX_", frozen=True, extra="forbid", populate_by_name=True
+        env_prefix="ENGAGEMENT_INDEX_",
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        env_ignore_empty=True,
     )
 
     bootstrap_servers: str = Field(
@@ -25,11 +29,25 @@ class Settings(BaseSettings):
         ),
         description="Kafka bootstrap servers, comma separated",
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="SASL_SSL for SCRAM or PLAIN over TLS"
+    )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_cafile: Path | None = None
+    sasl_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM CA bundle that signed the brokers' certificates"
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM client certificate (mutual TLS), with ssl_keyfile"
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="PEM private key of ssl_certfile")
+    ssl_key_password: str | None = Field(
+        default=None, repr=False, description="password of an encrypted ssl_keyfile"
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, description="check that the broker certificate names the host"
+    )
 
     topology_file: Path = REPO_ROOT / "streams" / "topology.yaml"
     model_file: Path = REPO_ROOT / "config" / "models" / "default.yaml"

@@ -179,9 +179,41 @@ def test_kafka_credentials_come_from_secrets(all_on_manifests: list[dict[str, An
         ):
             assert env[name] == {"secretKeyRef": {"name": "engagement-index-kafka", "key": key}}
         assert env["ENGAGEMENT_INDEX_SSL_CAFILE"] == "/etc/engagement-index/kafka-ca/ca.crt"
+        assert env["ENGAGEMENT_INDEX_SSL_CERTFILE"] == "/etc/engagement-index/kafka-client/user.crt"
+        assert env["ENGAGEMENT_INDEX_SSL_KEYFILE"] == "/etc/engagement-index/kafka-client/user.key"
         volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
         assert volumes["kafka-ca"]["secret"]["secretName"] == "my-cluster-cluster-ca-cert"
+        assert volumes["kafka-client"]["secret"]["secretName"] == "engagement-index-kafka-user"
     assert not by_kind(all_on_manifests, "Secret"), "credentials are referenced, never rendered"
+
+
+def test_every_rendered_setting_is_a_real_setting(
+    all_on_manifests: list[dict[str, Any]],
+) -> None:
+    """The chart sets only ENGAGEMENT_INDEX_* variables the service really reads."""
+    from engagement_index.collector.settings import CollectorSettings
+    from engagement_index.settings import Settings
+
+    known = {f"ENGAGEMENT_INDEX_{name.upper()}" for name in Settings.model_fields}
+    known |= {
+        f"ENGAGEMENT_INDEX_COLLECTOR_{name.upper()}" for name in CollectorSettings.model_fields
+    }
+    rendered: set[str] = set()
+    for manifest in [
+        *by_kind(all_on_manifests, "StatefulSet"),
+        *by_kind(all_on_manifests, "Deployment"),
+        *by_kind(all_on_manifests, "Job"),
+    ]:
+        for container in manifest["spec"]["template"]["spec"]["containers"]:
+            rendered |= {e["name"] for e in container.get("env", [])}
+    ours = {name for name in rendered if name.startswith("ENGAGEMENT_INDEX_")}
+    assert ours - known == set()
+    assert {
+        "ENGAGEMENT_INDEX_SASL_PASSWORD",
+        "ENGAGEMENT_INDEX_SSL_CERTFILE",
+        "ENGAGEMENT_INDEX_API_AUTH",
+        "ENGAGEMENT_INDEX_API_TOKENS_FILE",
+    } <= ours
 
 
 def test_all_on_worker_settings(all_on_manifests: list[dict[str, Any]]) -> None:
@@ -325,6 +357,10 @@ def test_prometheus_rule_passes_promtool(
             "needs kafka.securityProtocol SASL_SSL",
         ),
         (["--set", "model.name=nope"], 'model.name "nope"'),
+        (
+            ["--set", "kafka.tls.clientCertSecret=c"],
+            "kafka.tls.clientCertSecret needs kafka.securityProtocol SSL or SASL_SSL",
+        ),
     ],
     ids=[
         "no-bootstrap",
@@ -333,6 +369,7 @@ def test_prometheus_rule_passes_promtool(
         "sasl-without-secret",
         "mechanism-without-sasl",
         "unknown-model",
+        "client-cert-without-tls",
     ],
 )
 def test_impossible_values_are_refused(values: list[str], message: str) -> None:

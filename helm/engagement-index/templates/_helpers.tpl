@@ -96,6 +96,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else if hasPrefix "SASL_" .Values.kafka.securityProtocol -}}
 {{- fail "kafka.securityProtocol SASL_* needs kafka.sasl.mechanism" -}}
 {{- end -}}
+{{- if and .Values.kafka.tls.clientCertSecret (not (has .Values.kafka.securityProtocol (list "SSL" "SASL_SSL"))) -}}
+{{- fail "kafka.tls.clientCertSecret needs kafka.securityProtocol SSL or SASL_SSL" -}}
+{{- end -}}
 {{- if and (not .Values.model.inline) (not (.Files.Get (printf "files/models/%s.yaml" .Values.model.name))) -}}
 {{- fail (printf "model.name %q: no files/models/%s.yaml in the chart (models: config/models/, synced by dev/tools/sync-chart-files.sh)" .Values.model.name .Values.model.name) -}}
 {{- end -}}
@@ -138,6 +141,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: ENGAGEMENT_INDEX_SSL_CAFILE
   value: /etc/engagement-index/kafka-ca/{{ .Values.kafka.tls.caKey }}
 {{- end }}
+{{- if .Values.kafka.tls.clientCertSecret }}
+- name: ENGAGEMENT_INDEX_SSL_CERTFILE
+  value: /etc/engagement-index/kafka-client/{{ .Values.kafka.tls.clientCertKey }}
+- name: ENGAGEMENT_INDEX_SSL_KEYFILE
+  value: /etc/engagement-index/kafka-client/{{ .Values.kafka.tls.clientKeyKey }}
+{{- end }}
 - name: ENGAGEMENT_INDEX_TOPOLOGY_FILE
   value: /etc/engagement-index/config/topology.yaml
 - name: ENGAGEMENT_INDEX_LOG_LEVEL
@@ -154,11 +163,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       - key: {{ .Values.kafka.tls.caKey }}
         path: {{ .Values.kafka.tls.caKey }}
 {{- end }}
+{{- if .Values.kafka.tls.clientCertSecret }}
+- name: kafka-client
+  secret:
+    secretName: {{ .Values.kafka.tls.clientCertSecret }}
+    items:
+      - key: {{ .Values.kafka.tls.clientCertKey }}
+        path: {{ .Values.kafka.tls.clientCertKey }}
+      - key: {{ .Values.kafka.tls.clientKeyKey }}
+        path: {{ .Values.kafka.tls.clientKeyKey }}
+{{- end }}
 {{- end -}}
 {{- define "ei.kafkaCaMount" -}}
 {{- if .Values.kafka.tls.caSecret }}
 - name: kafka-ca
   mountPath: /etc/engagement-index/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.tls.clientCertSecret }}
+- name: kafka-client
+  mountPath: /etc/engagement-index/kafka-client
   readOnly: true
 {{- end }}
 {{- end -}}

@@ -13,32 +13,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.helpers import create_ssl_context
 
 from engagement_index.errors import BrokerError
+from engagement_index.kafka_security import access_problem, aiokafka_options
 from engagement_index.settings import Settings
 
 log = logging.getLogger("engagement_index.collector")
-
-
-def aiokafka_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka connection options from the shared settings (SASL/SSL included)."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": [s.strip() for s in settings.bootstrap_servers.split(",")],
-        "security_protocol": settings.security_protocol,
-    }
-    if settings.sasl_mechanism:
-        options["sasl_mechanism"] = settings.sasl_mechanism
-        options["sasl_plain_username"] = settings.sasl_username
-        options["sasl_plain_password"] = settings.sasl_password
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
-        )
-    return options
 
 
 class PublishError(BrokerError):
@@ -54,6 +36,9 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.failed = asyncio.Event()  # set with ``failure`` when retrying cannot help
+        self.failure: str | None = None
+        self._settings = settings
 
     async def start(self) -> None:
         """Begin connecting in the background (returns at once)."""
@@ -75,6 +60,12 @@ class Publisher:
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+                problem = await access_problem(self._settings)
+                if problem is not None:  # wrong credentials or TLS trust: waiting cannot help
+                    self.failure = str(problem)
+                    log.error("%s", problem)
+                    self.failed.set()
+                    return
                 log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -14,6 +14,7 @@ from engagement_index.collector.app import Collector
 from engagement_index.collector.publisher import Publisher
 from engagement_index.collector.segment import load_event_map
 from engagement_index.collector.settings import CollectorSettings
+from engagement_index.errors import BrokerError
 from engagement_index.metrics import CollectorMetrics
 from engagement_index.settings import Settings
 from engagement_index.topology import load_topology
@@ -45,10 +46,16 @@ async def serve(collector: Collector, bind: str, port: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    failed = collector.publisher.failed
     try:
-        await stop.wait()
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(failed.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
     finally:
         await runner.cleanup()
+    if failed.is_set():
+        raise BrokerError(collector.publisher.failure or "Kafka refused the collector")
 
 
 def run_server(settings: CollectorSettings, kafka: Settings) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from engagement_index.demo import run_demo
+from engagement_index.kafka_security import check_access, kafka_python_options
 from engagement_index.settings import Settings
 from engagement_index.topology import load_topology
 
@@ -29,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
         Settings(bootstrap_servers=args.bootstrap_servers) if args.bootstrap_servers else Settings()
     )
     topology = load_topology(args.topology or settings.topology_file)
+    check_access(settings)
     counts = run_demo(
-        bootstrap_servers=settings.bootstrap_servers,
+        kafka_options=kafka_python_options(settings),
         topology=topology,
         tenant=args.tenant,
         contacts=args.contacts,

@@ -20,7 +20,7 @@ from kafka.errors import KafkaError
 from engagement_index.core.erasure import ErasureRequest
 from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import BrokerError, ConfigError
-from engagement_index.kafka_admin import client_options
+from engagement_index.kafka_security import check_access, kafka_python_options
 from engagement_index.settings import Settings
 from engagement_index.topology import load_topology
 
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(f"invalid erasure request: {exc}") from exc
-    options = client_options(settings)
+    check_access(settings)
+    options = kafka_python_options(settings)
     timeout_ms = int(settings.admin_timeout_seconds * 1000)
     consumer = None
     try:

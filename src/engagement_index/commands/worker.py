@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engagement_index.core.model import load_model
 from engagement_index.kafka_admin import ensure_topics
+from engagement_index.kafka_security import check_access
 from engagement_index.settings import Settings
 from engagement_index.topology import load_topology
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     )
     topology = load_topology(settings.topology_file)
     model = load_model(settings.model_file)
+    check_access(settings)  # wrong credentials or TLS trust: a clear error, not a retry loop
     if not args.no_create_topics:
         ensure_topics(settings, topology)
     from engagement_index.stream.app import Worker

@@ -33,6 +33,7 @@ from engagement_index.core.events import ContactKey
 from engagement_index.core.lifecycle import evaluate
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.state import decode_state
+from engagement_index.kafka_security import ssl_context
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
@@ -81,24 +82,14 @@ def broker_urls(settings: Settings) -> list[str]:
 
 
 def broker_credentials(settings: Settings) -> Any:
-    """Faust credentials for SASL/SSL settings, or None for PLAINTEXT."""
-    import ssl
-
-    context = None
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
-        )
+    """Faust credentials for the SASL/SSL settings, or None for PLAINTEXT."""
+    context = ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):
-        if settings.sasl_mechanism and settings.sasl_mechanism.startswith("SCRAM"):
-            mechanism = settings.sasl_mechanism
-        else:
-            mechanism = "PLAIN"
         return faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password,
             ssl_context=context,
-            mechanism=mechanism,
+            mechanism=settings.sasl_mechanism,
         )
     if context is not None:
         return faust.SSLCredentials(context)
