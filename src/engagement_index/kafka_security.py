@@ -114,6 +114,8 @@ async def access_problem(settings: Settings, timeout_s: float = 10.0) -> BrokerE
     ``None`` when a server accepted the connection and the credentials, or when no server
     could be reached at all (that is not a credentials problem: callers retry).
     """
+    if settings.security_protocol == "PLAINTEXT":
+        return None  # nothing to authenticate or trust
     problem, _ = await _connect_once(settings, timeout_s)
     return problem
 
