@@ -7,6 +7,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
 from engagement_index import __version__
 from engagement_index.errors import EngagementIndexError
 
@@ -62,6 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args))
     except EngagementIndexError as exc:
         print(f"engagement-index: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a setting from the environment or a flag is invalid
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        print(f"engagement-index: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"engagement-index: error: invalid settings: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
