@@ -121,6 +121,23 @@ def encode_state(state: ContactState) -> bytes:
     return b"".join(parts)
 
 
+def peek_state(data: bytes) -> tuple[bool, bool, int | None]:
+    """``(post_purchase, upper, due_ms)`` of an encoded state, without decoding the rest.
+
+    Checks the version and the length like :func:`decode_state` (``StateDecodeError``).
+    """
+    if len(data) < _FIXED or data[0] != STATE_VERSION:
+        raise StateDecodeError(f"not a version {STATE_VERSION} contact state ({len(data)} bytes)")
+    _version, flags, clock, _counted = _HEAD.unpack_from(data)
+    n_ids = flags >> 3
+    rest = len(data) - _FIXED - n_ids * ID_DIGEST_BYTES
+    if flags & 0b100 or n_ids > ID_WINDOW or rest <= 0 or rest % 8:
+        raise StateDecodeError("corrupt contact state")
+    pos = _HEAD.size + 2 * _DELTA
+    due_delta = int.from_bytes(data[pos : pos + _DELTA], "little")
+    return bool(flags & 1), bool(flags & 2), clock + due_delta if due_delta else None
+
+
 def decode_state(data: bytes, key: ContactKey) -> ContactState:
     """Inverse of :func:`encode_state`; ``StateDecodeError`` if the bytes are not a state."""
     data = bytes(data)

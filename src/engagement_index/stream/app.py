@@ -14,37 +14,36 @@ Ordering and delivery (see docs/streaming.md):
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
-import weakref
 from collections import Counter as CounterDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import faust
 from faust.exceptions import SameNode
-from faust.streams import _current_event
 from faust.types import TP
 from faust.web import Request, Response, View
+from rocksdict import WriteBatch
 
 from engagement_index import __version__
 from engagement_index.core.events import ContactKey
 from engagement_index.core.lifecycle import evaluate
 from engagement_index.core.model import ScoringModel
-from engagement_index.core.state import decode_state
+from engagement_index.core.state import decode_state, peek_state
 from engagement_index.kafka_security import ssl_context
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
 from engagement_index.stream.due_index import DueIndex
+from engagement_index.stream.produce import SentGroup, send_batched
 from engagement_index.stream.scoring import (
     BatchScorer,
     InboundRecord,
     OutboundRecord,
     encode_tick,
-    stage_of,
 )
 from engagement_index.stream.stored import StoredContact
 from engagement_index.topology import Topology
@@ -57,23 +56,10 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _PartitionEvent:
-    """The part of a Faust event that table access reads: ``message.partition``."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
-@contextlib.contextmanager
-def _in_event(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event, so table access uses its partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+def _persist_offset(store: Any, group: SentGroup, future: Any) -> None:
+    """Keep the offset of the last acknowledged changelog record in the table's database."""
+    if not future.cancelled() and future.exception() is None:
+        store.set_persisted_offset(TP(group.topic, group.partition), group.last_offset())
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -165,6 +151,7 @@ class Worker:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_linger_ms=5,
+            producer_max_batch_size=256 * 1024,
             broker_max_poll_records=settings.batch_size,
             stream_wait_empty=True,
             logging_config=None,
@@ -250,40 +237,22 @@ class Worker:
             )
             for m in messages
         ]
-        by_partition: dict[int, _PartitionEvent] = {}
-
-        def event_for(index: int) -> _PartitionEvent:
-            message = messages[index]
-            event = by_partition.get(message.partition)
-            if event is None:
-                event = by_partition[message.partition] = _PartitionEvent(message)
-            return event
+        contacts_store: Any = self.contacts.data
+        history_store: Any = self.history.data
 
         def load_contact(key: bytes, index: int) -> bytes | None:
-            with _in_event(event_for(index)):
-                value = self.contacts.get(key)
+            value = contacts_store._db_for_partition(records[index].partition).get(key)
             return bytes(value) if value is not None else None
 
         def load_history(key: bytes, index: int) -> bytes | None:
-            with _in_event(event_for(index)):
-                value = self.history.get(key)
+            value = history_store._db_for_partition(records[index].partition).get(key)
             return bytes(value) if value is not None else None
 
         outcome = self.scorer.process(records, load_contact, load_history)
         processed = self._processed
         await self._send_all(outcome.sends)
-        for key, (index, value) in outcome.contact_writes.items():
-            with _in_event(event_for(index)):
-                if value is not None:
-                    self.contacts[key] = value
-                else:  # erased: a tombstone in the changelog
-                    self.contacts.pop(key, None)
-        for key, (index, value) in outcome.history_writes.items():
-            with _in_event(event_for(index)):
-                if value is not None:
-                    self.history[key] = value
-                else:
-                    self.history.pop(key, None)
+        await self._write_table(self.contacts, outcome.contact_writes, records)
+        await self._write_table(self.history, outcome.history_writes, records)
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         for old, new in outcome.stage_moves:
@@ -296,18 +265,63 @@ class Worker:
         self._publish_gauges()
         now = self.clock_ms()
         self.metrics.batch_size.observe(len(records))
+        observe = self.metrics.processing_latency.observe
         for ts in outcome.latency_from_ms:
-            self.metrics.processing_latency.observe(max(0.0, (now - ts) / 1000))
+            observe(max(0.0, (now - ts) / 1000))
+
+    async def _write_table(
+        self,
+        table: Any,
+        writes: dict[bytes, tuple[int, bytes | None]],
+        records: Sequence[InboundRecord],
+    ) -> None:
+        """Store ``writes`` (None: delete) and produce their changelog records.
+
+        What a Faust table does per key, for a batch: one RocksDB write batch per partition,
+        the changelog record (raw key and value, tombstone for a delete) on the same partition,
+        and, once acknowledged, the offset of the last one kept in the partition's database
+        (where recovery starts reading). The sends are not awaited here: Faust's commit
+        flushes the producer before it commits the batch's offsets.
+        """
+        if not writes:
+            return
+        store = table.data
+        key_index = store._key_index
+        topic = table.changelog_topic.get_topic_name()
+        batches: dict[int, WriteBatch] = {}
+        changelog: list[tuple[str, bytes | None, bytes | None, int | None, None]] = []
+        for key, (index, value) in writes.items():
+            partition = records[index].partition
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            if value is None:  # erased: a tombstone in the changelog
+                batch.delete(key)
+                key_index.pop(key, None)
+            else:
+                batch.put(key, value)
+                key_index[key] = partition
+            changelog.append((topic, key, value, partition, None))
+        for partition, batch in batches.items():
+            store._db_for_partition(partition).write(batch)
+        groups = await send_batched(self._aio_producer(), changelog)
+        for group in groups:
+            group.future.add_done_callback(functools.partial(_persist_offset, store, group))
+
+    def _aio_producer(self) -> Any:
+        """The aiokafka producer under Faust's producer (started with the app)."""
+        producer: Any = self.app.producer
+        return producer._ensure_producer()
 
     async def _send_all(self, sends: Sequence[OutboundRecord]) -> None:
+        """Produce ``sends`` (one record batch per topic-partition) and await the acks."""
         if not sends:
             return
-        producer = self.app.producer
-        pending = [
-            await producer.send(s.topic, s.key, s.value, s.partition, None, list(s.headers) or None)
-            for s in sends
-        ]
-        await asyncio.gather(*pending)
+        groups = await send_batched(
+            self._aio_producer(),
+            ((s.topic, s.key, s.value, s.partition, list(s.headers) or None) for s in sends),
+        )
+        await asyncio.gather(*(group.future for group in groups))
 
     # ------------------------------------------------------------------ decay
     async def _decay_timer(self) -> None:
@@ -361,19 +375,23 @@ class Worker:
         store: Any = self.contacts.data
         topic = self.contacts.changelog_topic.get_topic_name()
         owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
+        halves = self.model.compiled.halves
+        stage_counts = self.stage_counts
         count = 0
         for partition in owned:
             db = store._db_for_partition(partition)
             for raw_key, raw_value in store._visible_items(db):
                 try:
                     stored = StoredContact.decode(bytes(raw_value))
-                    state = decode_state(stored.state_bytes, ContactKey.decode(bytes(raw_key)))
+                    post, upper, due_ms = peek_state(stored.state_bytes)
+                    ContactKey.decode(bytes(raw_key))
                 except Exception:
                     self.metrics.errors.labels(where="recovery").inc()
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
-                self.due.set(partition, bytes(raw_key), state.due_ms)
-                self.stage_counts[stage_of(state, self.model.compiled)] += 1
+                self.due.set(partition, bytes(raw_key), due_ms)
+                half = halves[post]
+                stage_counts[half.upper_stage if upper else half.lower_stage] += 1
                 count += 1
                 if count % 10_000 == 0:
                     await asyncio.sleep(0)

@@ -6,7 +6,8 @@ agent's ``take_events`` rebuilds batches from it. That machinery costs far more 
 record. :class:`BulkConsumer` keeps Faust's consumer (group membership, the co-partitioning
 assignor, table recovery, commits) but, for the topics in ``BulkApp.bulk_topics``, collects
 each fetch into one list and awaits ``BulkApp.bulk_handler`` with it. Records of every other
-topic (table changelogs during recovery) take Faust's normal per-record path.
+topic take Faust's normal per-record path, except the changelog records of the partitions
+being recovered: :func:`apply_changelog` writes each fetch of them to the stores at once.
 
 Delivery is unchanged: each record is tracked as unacknowledged before the handler runs (so
 a rebalance waits for it, as ``stream_wait_empty`` does) and acknowledged only after the
@@ -17,6 +18,7 @@ written. Faust commits acknowledged offsets only, so a crash re-delivers the who
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
@@ -26,6 +28,50 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
 
 BulkHandler = Callable[[Sequence[Message]], Awaitable[None]]
+
+
+class _ChangelogEvent:
+    """What ``Store.apply_changelog_batch`` reads of a Faust event: ``message``."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+def apply_changelog(recovery: Any, messages: Sequence[Message]) -> None:
+    """Apply a fetch of changelog records to the tables being recovered, in one batch each.
+
+    Does what Faust's ``Recovery._slurp_changelogs`` does per record (track the offset read,
+    write the record to the table's store with its persisted offset), for a whole fetch at
+    once, and signals the end of recovery when every active partition reached its highwater.
+    """
+    active_tps = recovery.active_tps
+    standby_tps = recovery.standby_tps
+    tp_to_table = recovery.tp_to_table
+    per_table: dict[Any, list[_ChangelogEvent]] = {}
+    now = time.monotonic()
+    for message in messages:
+        tp = message.tp
+        if tp in active_tps:
+            offsets = recovery.active_offsets
+            recovery._active_events_received_at[tp] = now
+        elif tp in standby_tps:
+            offsets = recovery.standby_offsets
+            recovery._standby_events_received_at[tp] = now
+        else:
+            continue  # not recovering this partition (any more): nothing to apply
+        seen = offsets.get(tp)
+        if seen is None or message.offset > seen:
+            offsets[tp] = message.offset
+            per_table.setdefault(tp_to_table[tp], []).append(_ChangelogEvent(message))
+    for table, events in per_table.items():
+        table.apply_changelog_batch(events)
+    recovery._last_flush_at = now
+    if recovery.in_recovery and not recovery.need_recovery():
+        recovery.flush_buffers()
+        recovery._set_recovery_ended()
+        recovery.signal_recovery_end.set()
 
 
 class BulkConsumer(faust_aiokafka.Consumer):
@@ -46,10 +92,17 @@ class BulkConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         track = self.track_message
         ack = self.ack
+        recovery: Any = cast(Any, self.app.tables).recovery
+        # tables with a changelog callback need Faust's per-record path
+        bulk_recovery = not any(
+            getattr(table, "_on_changelog_event", None) for table in self.app.tables.values()
+        )
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
                 batch: list[Message] = []
+                changelog: list[Message] = []
+                recovering = recovery.active_tps | recovery.standby_tps if bulk_recovery else ()
                 await asyncio.sleep(0)
                 if self.should_stop:
                     break
@@ -64,10 +117,14 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     if handler is not None and message.topic in bulk_topics:
                         track(message)
                         batch.append(message)
+                    elif tp in recovering:
+                        changelog.append(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
+                if changelog:
+                    apply_changelog(recovery, changelog)
                 if batch:
                     assert handler is not None
                     await handler(batch)

@@ -15,6 +15,7 @@ from engagement_index.core.state import (
     ContactState,
     decode_state,
     encode_state,
+    peek_state,
 )
 from engagement_index.errors import StateDecodeError
 
@@ -77,3 +78,14 @@ def test_decode_rejects_garbage() -> None:
     data[14:21] = (2**56 - 1).to_bytes(7, "little")
     with pytest.raises(StateDecodeError):
         decode_state(bytes(data), key)
+
+
+def test_peek_agrees_with_decode() -> None:
+    busy = _busy_state()
+    calm = dataclasses.replace(busy, upper=False, post_purchase=True, due_ms=None)
+    for state in (busy, calm):
+        assert peek_state(encode_state(state)) == (state.post_purchase, state.upper, state.due_ms)
+    good = encode_state(busy)
+    for bad in (b"", b"\x01", b"\x02" + good[1:], good[:-1], good + b"\x00" * 3):
+        with pytest.raises(StateDecodeError):
+            peek_state(bad)

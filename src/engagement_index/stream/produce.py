@@ -1,0 +1,87 @@
+"""Producing a batch's records with one record batch per topic-partition.
+
+``AIOKafkaProducer.send`` costs a metadata check, a partitioner call, an accumulator append
+and a future per record. :func:`send_batched` groups the records of a whole scoring batch by
+topic and partition, fills one ``BatchBuilder`` per group (appends are C code) and submits
+each with ``send_batch``: one future per group. Records without a partition get the one the
+producer's own partitioner picks (the default: murmur2 of the key), computed once per key and
+topic, so keyed records land exactly where ``send`` would put them. Order is kept within each
+topic-partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+Headers = list[tuple[str, bytes]] | None
+
+
+@dataclass(slots=True)
+class SentGroup:
+    """A record batch submitted for one topic-partition: its future and record count."""
+
+    topic: str
+    partition: int
+    count: int
+    future: asyncio.Future[Any]
+
+    def last_offset(self) -> int:
+        """Offset of the group's last record (once the future is done)."""
+        return int(self.future.result().offset) + self.count - 1
+
+
+async def send_batched(
+    producer: Any, records: Iterable[tuple[str, bytes | None, bytes | None, int | None, Headers]]
+) -> list[SentGroup]:
+    """Submit ``(topic, key, value, partition, headers)`` records; one group per batch."""
+    groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+    partition_of: dict[tuple[str, bytes], int] = {}
+    ready_topics: set[str] = set()
+    for topic, key, value, partition, headers in records:
+        if topic not in ready_topics:
+            await producer.client._wait_on_metadata(topic)
+            ready_topics.add(topic)
+        if partition is None:
+            if key is None:
+                partition = producer._partition(topic, None, None, value, None, value)
+            else:
+                cached = partition_of.get((topic, key))
+                if cached is None:
+                    cached = partition_of[(topic, key)] = producer._partition(
+                        topic, None, key, value, key, value
+                    )
+                partition = cached
+        group = groups.get((topic, partition))
+        if group is None:
+            group = groups[(topic, partition)] = []
+        group.append((key, value, headers))
+    sent: list[SentGroup] = []
+    for (topic, partition), items in groups.items():
+        batch = producer.create_batch()
+        count = 0
+        for key, value, headers in items:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if count == 0:  # a record larger than a whole batch: let send() judge it
+                    future = await producer.send(
+                        topic, value, key=key, partition=partition, headers=headers
+                    )
+                    sent.append(SentGroup(topic, partition, 1, future))
+                    continue
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append(SentGroup(topic, partition, count, future))
+                batch = producer.create_batch()
+                count = 0
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    future = await producer.send(
+                        topic, value, key=key, partition=partition, headers=headers
+                    )
+                    sent.append(SentGroup(topic, partition, 1, future))
+                    continue
+            count += 1
+        if count:
+            future = await producer.send_batch(batch, topic, partition=partition)
+            sent.append(SentGroup(topic, partition, count, future))
+    return sent
