@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     history_size: int = Field(default=10, ge=1, le=100)
     rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    rocksdb_write_buffer_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="memtable size of each table partition's RocksDB (up to 3 per partition)",
+    )
     admin_timeout_seconds: float = Field(
         default=30.0, gt=0, description="how long admin commands wait for a broker to answer"
     )

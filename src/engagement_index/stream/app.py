@@ -156,7 +156,10 @@ class Worker:
             stream_wait_empty=True,
             logging_config=None,
         )
-        table_options = {"block_cache_size": settings.rocksdb_block_cache_bytes}
+        table_options = {
+            "block_cache_size": settings.rocksdb_block_cache_bytes,
+            "write_buffer_size": settings.rocksdb_write_buffer_bytes,
+        }
         self.contacts = self.app.Table(
             "contacts",
             default=None,
