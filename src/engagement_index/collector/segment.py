@@ -164,7 +164,14 @@ def event_time(
     if explicit is not None:
         return explicit
     if original is not None:
-        return received - (sent - original) if sent is not None else original
+        if sent is None:
+            return original
+        try:
+            return received - (sent - original)
+        except OverflowError:  # a skew that takes the time out of the representable range
+            raise invalid(
+                f"{where}originalTimestamp", "corrected for sentAt, it is out of range"
+            ) from None
     return received
 
 

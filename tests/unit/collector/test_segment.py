@@ -96,6 +96,20 @@ def test_original_timestamp_is_corrected_for_clock_skew() -> None:
     assert plain["timestamp"] == "2026-11-01T12:00:00Z"
 
 
+def test_a_skew_correction_out_of_range_is_a_400_naming_the_field() -> None:
+    # found by the fuzzer: sentAt far after originalTimestamp used to raise OverflowError (500)
+    raw = {
+        "type": "page",
+        "anonymousId": "a",
+        "messageId": "m",
+        "originalTimestamp": "0001-01-01T00:00:00Z",
+    }
+    with pytest.raises(RequestRejected) as err:
+        mapped(raw, batch_sent_at="9999-12-31T23:59:59Z")
+    assert err.value.status == 400
+    assert err.value.field == "originalTimestamp"
+
+
 def test_missing_message_id_is_derived_deterministically() -> None:
     raw = {"type": "track", "userId": "u", "event": "X", "timestamp": "2026-01-01T00:00:00Z"}
     first, second = mapped(raw)[1], mapped(dict(raw))[1]
