@@ -68,7 +68,7 @@ class LocalBroker:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=300,
             check=False,
         )
 

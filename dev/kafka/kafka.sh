@@ -13,7 +13,7 @@
 #   KAFKA_CONTROLLER_PORT  controller port                  (default KAFKA_PORT + 1)
 #   KAFKA_STATE_DIR        data, config, pid file and logs  (default var/kafka-$KAFKA_PORT)
 #   KAFKA_HEAP_OPTS        JVM heap flags                   (default -Xms256m -Xmx1g)
-#   KAFKA_START_TIMEOUT    seconds to wait for readiness    (default 90)
+#   KAFKA_START_TIMEOUT    seconds to wait for readiness    (default 180)
 #   KAFKA_VERSION          must match dev/kafka/pom.xml     (default 4.1.1)
 #
 # Optional SASL_SSL listener (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN over TLS), next to PLAINTEXT:
@@ -34,7 +34,7 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-$root/var/kafka-$KAFKA_PORT}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
-KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-180}"
 KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
 KAFKA_TLS_KEYSTORE="${KAFKA_TLS_KEYSTORE:-}"
 KAFKA_TLS_TRUSTSTORE="${KAFKA_TLS_TRUSTSTORE:-}"

@@ -131,7 +131,7 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
         "KAFKA_SASL_USERS": f"{USER}:{PASSWORD} other:other-secret",
     }
     started = subprocess.run(
-        [str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=180
+        [str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=300
     )
     if started.returncode != 0:
         pytest.fail(f"SASL_SSL broker did not start:\n{started.stdout}\n{started.stderr}")
