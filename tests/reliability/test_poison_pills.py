@@ -170,6 +170,8 @@ def make_stream(
         template.update(tenant=tenant, contact_id=cid, event_id=f"bad-{kind}-{rng.random()}")
         value = BAD_KINDS[kind][1](template)
         bad_key = rng.choice([key, None, b"\xff\xfe-not-a-key"])
+        if value is None and bad_key is None:  # Kafka needs a key or a value
+            bad_key = key
         where = rng.randrange(len(records) + 1)
         records.insert(
             where, {"channel": rng.choice(CHANNELS), "key": bad_key, "value": value, "bad": kind}
