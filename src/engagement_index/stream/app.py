@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections import Counter as CounterDict
@@ -401,6 +402,10 @@ class Worker:
         self.metrics.recovery_contacts.inc(count)
         self._publish_gauges()
         self.recovered = True
+        # everything alive now (modules, Faust, the recovered index) stays: collect garbage
+        # once, then keep the rest out of the cyclic collector's full collections
+        gc.collect()
+        gc.freeze()
         self.metrics.ready.set(1)
         self.metrics.recovery_remaining.set(0)
         log.info(
