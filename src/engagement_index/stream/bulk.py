@@ -91,12 +91,14 @@ class BulkConsumer(faust_aiokafka.Consumer):
         unset_flag = self.diag.unset_flag
         acks_enabled_for = self.app.topics.acks_enabled_for
         track = self.track_message
+        flow_suspended = self.suspend_flow.is_set
         ack = self.ack
         recovery: Any = cast(Any, self.app.tables).recovery
-        # tables with a changelog callback need Faust's per-record path
-        bulk_recovery = not any(
-            getattr(table, "_on_changelog_event", None) for table in self.app.tables.values()
-        )
+        # Off: with the batch path, a partition moved to this worker by a rebalance kept its
+        # stale state (the recovery-end signal it sets could still be set when the next
+        # recovery began, which then ended before reading anything); the reliability suites'
+        # rebalance test loses events with it. Faust's per-record path until that is fixed.
+        bulk_recovery = False
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
@@ -107,6 +109,11 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 if self.should_stop:
                     break
                 async for tp, message in getmany(timeout=1.0):
+                    if message.topic in bulk_topics and flow_suspended():
+                        # fetched while a rebalance or a recovery holds the flow, from a
+                        # position that may not be the committed offset: Faust's own loop
+                        # drops these too, and seeks to the committed offsets before resuming
+                        continue
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     if r_offset is not None and offset < r_offset:
@@ -125,6 +132,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 unset_flag(CONSUMER_FETCHING)
                 if changelog:
                     apply_changelog(recovery, changelog)
+                if batch and flow_suspended():  # the flow stopped while this batch was read
+                    for message in batch:
+                        self._unacked_messages.discard(message)
+                    batch = []
                 if batch:
                     assert handler is not None
                     await handler(batch)

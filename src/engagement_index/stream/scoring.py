@@ -232,7 +232,12 @@ class BatchScorer:
         entry = self._load(key, index, contacts, load_contact)
         source = self._source_index[record.topic]
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
-            return "duplicate"  # re-delivery of a record already in the state
+            # re-delivery of a record already in the state. The local store may hold a write
+            # whose changelog record never reached the broker (a crash while it was in flight,
+            # before the offsets were committed): write the value (and history) again, so the
+            # changelog, which another worker restores from, is not left behind the store.
+            self._rewrite(key, index, entry, out, histories, load_history)
+            return "duplicate"
         previous = entry.state(key) if entry is not None else None
         state, transitions = apply_fields(previous, fields, self._compiled)
         duplicate = previous is not None and state is previous
@@ -337,6 +342,20 @@ class BatchScorer:
         out.history_writes[key] = (index, None)
         out.due_updates[key] = (record.partition, None)
         self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
+
+    def _rewrite(
+        self,
+        key: bytes,
+        index: int,
+        entry: _Entry,
+        out: BatchOutcome,
+        histories: dict[bytes, list[bytes]],
+        load_history: Callable[[bytes, int], bytes | None],
+    ) -> None:
+        """Write a re-delivered contact's unchanged value and history again at the batch end."""
+        entry.last_index = max(entry.last_index, index)
+        if key not in out.history_writes and self._history(key, index, histories, load_history):
+            out.history_writes[key] = (index, b"")  # the value is joined at the batch end
 
     # ---------------------------------------------------------------- outputs
     def _emit(
