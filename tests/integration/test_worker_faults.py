@@ -174,7 +174,8 @@ def test_killed_worker_with_deleted_state_recovers_and_matches_replay(
     expected_counts = {cid: state.events_counted for (_, cid), state in result.states.items()}
 
     def all_counted() -> bool:
-        for cid in rng.sample(contacts, 20):
+        # every contact, not a sample: partitions catch up at their own pace
+        for cid in contacts:
             status, body = restarted.get(f"/v1/contacts/acme/{cid}")
             if status != 200 or body["events_counted"] != expected_counts[cid]:
                 return False
