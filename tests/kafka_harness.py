@@ -86,10 +86,19 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBrok
     broker = LocalBroker(tmp_path_factory.mktemp("kafka"))
     started = broker.run("start")
     if started.returncode != 0:
-        pytest.fail(
-            f"could not start the local Kafka broker:\n{started.stdout}\n{started.stderr}",
-            pytrace=False,
+        # a free port can be taken by another process before the broker binds it: one more
+        # try on fresh ports, keeping the first failure's log
+        log = (
+            broker.log_file.read_text(errors="replace")[-4000:] if broker.log_file.exists() else ""
         )
+        broker = LocalBroker(tmp_path_factory.mktemp("kafka"))
+        started = broker.run("start")
+        if started.returncode != 0:
+            pytest.fail(
+                f"could not start the local Kafka broker (twice):\n{started.stdout}\n"
+                f"{started.stderr}\nfirst attempt's log tail:\n{log}",
+                pytrace=False,
+            )
     try:
         yield broker
     finally:
