@@ -9,6 +9,18 @@ each fetch into one list and awaits ``BulkApp.bulk_handler`` with it. Records of
 topic take Faust's normal per-record path, except the changelog records of the partitions
 being recovered: :func:`apply_changelog` writes each fetch of them to the stores at once.
 
+Positions. A record of a bulk topic is scored only if it was fetched from a position Faust
+set: after a rebalance, Faust's recovery resumes the stream partitions *before* it seeks them
+to their committed offsets, and resumes its flow control only after that seek. A fetch that
+began before the seek ended can hold records from a stale position (the partition's end, or
+wherever another generation left it); scored, they would be applied out of order, and the
+earlier records, re-read after the seek, would look like re-deliveries. So the consumer counts
+its seeks. Records that arrive while the flow control is suspended wait for it (dropping them
+would lose them: the fetch position has moved past them). A fetch that overlapped a seek may
+mix records from before and after it, so it is dropped unread and the partitions are sought to
+their committed offsets once more: everything is fetched again, in order, and the records that
+were already scored are recognised by their offsets in the stored state.
+
 Delivery is unchanged: each record is tracked as unacknowledged before the handler runs (so
 a rebalance waits for it, as ``stream_wait_empty`` does) and acknowledged only after the
 handler returned, i.e. after its outputs were acknowledged by the broker and its state was
@@ -77,6 +89,25 @@ def apply_changelog(recovery: Any, messages: Sequence[Message]) -> None:
 class BulkConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a batch path for the app's bulk topics."""
 
+    _seeks_started: int = 0
+    _seeks_done: int = 0
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, counting the seek (see the module docstring)."""
+        self._seeks_started += 1
+        try:
+            await super().perform_seek()
+        finally:
+            self._seeks_done += 1
+
+    def seek_epoch(self) -> int:
+        """The number of finished seeks, or -1 while a seek is under way."""
+        return self._seeks_done if self._seeks_started == self._seeks_done else -1
+
+    async def _wait_for_flow_control(self) -> None:
+        """Wait until the app's flow control is resumed, the consumer flow stops, or we stop."""
+        await self.wait_first(self.app.flow_control.acquire(), self.suspend_flow.wait())
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         app = cast(BulkApp, self.app)
         bulk_topics = app.bulk_topics
@@ -91,7 +122,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
         unset_flag = self.diag.unset_flag
         acks_enabled_for = self.app.topics.acks_enabled_for
         track = self.track_message
-        flow_suspended = self.suspend_flow.is_set
+        consumer_flow_stopped = self.suspend_flow.is_set
+        flow_control_active = self.app.flow_control.is_active
+        seek_epoch = self.seek_epoch
         ack = self.ack
         recovery: Any = cast(Any, self.app.tables).recovery
         # Off: with the batch path, a partition moved to this worker by a rebalance kept its
@@ -103,16 +136,37 @@ class BulkConsumer(faust_aiokafka.Consumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
                 batch: list[Message] = []
+                read: dict[Any, int] = {}  # the batch's read offsets, kept if it is scored
+                gaps: list[tuple[Any, int, int]] = []
                 changelog: list[Message] = []
                 recovering = recovery.active_tps | recovery.standby_tps if bulk_recovery else ()
+                epoch = seek_epoch()
+                stale = epoch < 0
                 await asyncio.sleep(0)
                 if self.should_stop:
                     break
                 async for tp, message in getmany(timeout=1.0):
-                    if message.topic in bulk_topics and flow_suspended():
-                        # fetched while a rebalance or a recovery holds the flow, from a
-                        # position that may not be the committed offset: Faust's own loop
-                        # drops these too, and seeks to the committed offsets before resuming
+                    if handler is not None and message.topic in bulk_topics:
+                        if stale:
+                            continue
+                        if not (flow_control_active() or consumer_flow_stopped()):
+                            await self._wait_for_flow_control()
+                        if consumer_flow_stopped() or seek_epoch() != epoch:
+                            # a rebalance stopped the flow, or a seek moved the positions
+                            # since this fetch began: drop it unread, it is fetched again
+                            stale = True
+                            continue
+                        offset = message.offset
+                        r_offset = read.get(tp)
+                        if r_offset is None:
+                            r_offset = get_read_offset(tp)
+                        if r_offset is not None and offset < r_offset:
+                            continue  # already read (Faust drops these too)
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            gaps.append((tp, r_offset + 1, offset))
+                        batch.append(message)
+                        read[tp] = offset
                         continue
                     offset = message.offset
                     r_offset = get_read_offset(tp)
@@ -121,10 +175,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     gap = offset - (r_offset or 0)
                     if gap > 1 and r_offset and acks_enabled_for(message.topic):
                         await self._add_gap(tp, r_offset + 1, offset)
-                    if handler is not None and message.topic in bulk_topics:
-                        track(message)
-                        batch.append(message)
-                    elif tp in recovering:
+                    if tp in recovering:
                         changelog.append(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
@@ -132,12 +183,25 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 unset_flag(CONSUMER_FETCHING)
                 if changelog:
                     apply_changelog(recovery, changelog)
-                if batch and flow_suspended():  # the flow stopped while this batch was read
-                    for message in batch:
-                        self._unacked_messages.discard(message)
+                if stale or seek_epoch() != epoch:
                     batch = []
+                    if not (consumer_flow_stopped() or self.should_stop):
+                        self.log.info("a fetch overlapped a seek: dropped, seeking again")
+                        # some of the dropped records may have been fetched after the seek:
+                        # the position is past them. Seek again; re-reads are recognised.
+                        await self.perform_seek()
+                elif consumer_flow_stopped():
+                    batch = []  # a rebalance began; its recovery seeks before the flow resumes
                 if batch:
                     assert handler is not None
+                    # no await between these checks and tracking: a rebalance that starts
+                    # from here on waits for the batch (Faust's ``stream_wait_empty``)
+                    for message in batch:
+                        track(message)
+                    for tp, offset in read.items():
+                        set_read_offset(tp, offset)
+                    for tp, first, last in gaps:
+                        await self._add_gap(tp, first, last)
                     await handler(batch)
                     for message in batch:
                         ack(message)
