@@ -18,7 +18,8 @@ earlier records, re-read after the seek, would look like re-deliveries. So the c
 its seeks. Records that arrive while the flow control is suspended wait for it (dropping them
 would lose them: the fetch position has moved past them). A fetch that overlapped a seek may
 mix records from before and after it, so it is dropped unread and the partitions are sought to
-their committed offsets once more: everything is fetched again, in order, and the records that
+their committed offsets once more (those without one to their first record, which aiokafka's
+seek leaves alone): everything is fetched again, in order, and the records that
 were already scored are recognised by their offsets in the stored state.
 
 Delivery is unchanged: each record is tracked as unacknowledged before the handler runs (so
@@ -35,6 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
 import faust
+from aiokafka.structs import TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
@@ -97,8 +99,25 @@ class BulkConsumer(faust_aiokafka.Consumer):
         self._seeks_started += 1
         try:
             await super().perform_seek()
+            await self._seek_uncommitted_to_beginning()
         finally:
             self._seeks_done += 1
+
+    async def _seek_uncommitted_to_beginning(self) -> None:
+        """Move the bulk partitions that have no committed offset to their first record.
+
+        aiokafka's ``seek_to_committed`` leaves such a partition where it is, which after a
+        stale fetch can be anywhere (the app's reset policy is "earliest": start from the
+        beginning, as the consumer would on its first assignment).
+        """
+        bulk_topics = cast(BulkApp, self.app).bulk_topics
+        uncommitted = [
+            TopicPartition(tp.topic, tp.partition)
+            for tp in self.assignment()
+            if tp.topic in bulk_topics and not self._read_offset.get(tp)
+        ]
+        if uncommitted:
+            await cast(Any, self)._thread.seek_to_beginning(*uncommitted)
 
     def seek_epoch(self) -> int:
         """The number of finished seeks, or -1 while a seek is under way."""
