@@ -123,9 +123,20 @@ class BulkConsumer(faust_aiokafka.Consumer):
         """The number of finished seeks, or -1 while a seek is under way."""
         return self._seeks_done if self._seeks_started == self._seeks_done else -1
 
+    #: how long a fetch waits for the flow control before it is dropped (and sought again)
+    flow_control_wait_s: float = 1.0
+
     async def _wait_for_flow_control(self) -> None:
-        """Wait until the app's flow control is resumed, the consumer flow stops, or we stop."""
-        await self.wait_first(self.app.flow_control.acquire(), self.suspend_flow.wait())
+        """Wait until the app's flow control is resumed, the consumer flow stops, or we stop.
+
+        Bounded, so that this loop, which also delivers the changelog records a recovery
+        reads, never waits on the end of that recovery for long.
+        """
+        await self.wait_first(
+            self.app.flow_control.acquire(),
+            self.suspend_flow.wait(),
+            timeout=self.flow_control_wait_s,
+        )
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         app = cast(BulkApp, self.app)
@@ -170,9 +181,14 @@ class BulkConsumer(faust_aiokafka.Consumer):
                             continue
                         if not (flow_control_active() or consumer_flow_stopped()):
                             await self._wait_for_flow_control()
-                        if consumer_flow_stopped() or seek_epoch() != epoch:
-                            # a rebalance stopped the flow, or a seek moved the positions
-                            # since this fetch began: drop it unread, it is fetched again
+                        if (
+                            consumer_flow_stopped()
+                            or not flow_control_active()
+                            or seek_epoch() != epoch
+                        ):
+                            # a rebalance stopped the flow, the flow control is still held,
+                            # or a seek moved the positions since this fetch began: drop the
+                            # fetch unread, it is fetched again (see the seek after the loop)
                             stale = True
                             continue
                         offset = message.offset
@@ -205,7 +221,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 if stale or seek_epoch() != epoch:
                     batch = []
                     if not (consumer_flow_stopped() or self.should_stop):
-                        self.log.info("a fetch overlapped a seek: dropped, seeking again")
+                        self.log.info("dropped a fetch (a seek or a held flow); seeking again")
                         # some of the dropped records may have been fetched after the seek:
                         # the position is past them. Seek again; re-reads are recognised.
                         await self.perform_seek()
