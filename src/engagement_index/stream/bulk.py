@@ -116,8 +116,15 @@ class BulkConsumer(faust_aiokafka.Consumer):
             for tp in self.assignment()
             if tp.topic in bulk_topics and not self._read_offset.get(tp)
         ]
-        if uncommitted:
-            await cast(Any, self)._thread.seek_to_beginning(*uncommitted)
+        if not uncommitted:
+            return
+        # the earliest offsets, then plain seeks: aiokafka's ``seek_to_beginning`` leaves the
+        # position unset until its fetcher resolves it, and Faust's livelock check reads it
+        earliest = await cast(Any, self)._thread.earliest_offsets(*uncommitted)
+        for tp in uncommitted:
+            offset = earliest.get(tp)
+            if offset is not None:
+                await self.seek(tp, offset)
 
     def seek_epoch(self) -> int:
         """The number of finished seeks, or -1 while a seek is under way."""
