@@ -15,12 +15,13 @@ to their committed offsets, and resumes its flow control only after that seek. A
 began before the seek ended can hold records from a stale position (the partition's end, or
 wherever another generation left it); scored, they would be applied out of order, and the
 earlier records, re-read after the seek, would look like re-deliveries. So the consumer counts
-its seeks. Records that arrive while the flow control is suspended wait for it (dropping them
-would lose them: the fetch position has moved past them). A fetch that overlapped a seek may
-mix records from before and after it, so it is dropped unread and the partitions are sought to
+its seeks. Records that arrive while the flow control is suspended wait for it, up to
+``flow_control_wait_s`` (just dropping them would lose them: the fetch position has moved past
+them). A fetch that overlapped a seek may mix records from before and after it, and a fetch
+that waited in vain may be stale, so either is dropped unread and the partitions are sought to
 their committed offsets once more (those without one to their first record, which aiokafka's
-seek leaves alone): everything is fetched again, in order, and the records that
-were already scored are recognised by their offsets in the stored state.
+seek leaves alone): everything is fetched again, in order, and the records that were already
+scored are recognised by their offsets in the stored state.
 
 Delivery is unchanged: each record is tracked as unacknowledged before the handler runs (so
 a rebalance waits for it, as ``stream_wait_empty`` does) and acknowledged only after the
