@@ -90,16 +90,8 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
 
 
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
-    """Connection options for aiokafka clients."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": _servers(settings),
-        "security_protocol": settings.security_protocol,
-        **_sasl_options(settings),
-    }
-    context = ssl_context(settings)
-    if context is not None:
-        options["ssl_context"] = context
-    return options
+    """Connection options for aiokafka clients (the same names as kafka-python's)."""
+    return kafka_python_options(settings)
 
 
 def _who(settings: Settings) -> str:
