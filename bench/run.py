@@ -750,7 +750,7 @@ class Run:
                 "-o",
                 str(out),
                 "-d",
-                str(seconds),
+                str(max(1, round(seconds))),  # py-spy takes whole seconds
                 "--pid",
                 str(worker.proc.pid),
             ],
@@ -832,6 +832,7 @@ class Run:
             time.sleep(0.5)
         time.sleep(1.0)
         latencies: list[float] = []
+        samples: list[str] = []
         transitions = 0
         for _key, value, ts in kafka.read(self.stage_topic, start):
             if value is None:
@@ -840,6 +841,9 @@ class Run:
             cause = orjson.loads(value).get("cause_event_id")
             if cause in sent_at:
                 latencies.append(float(ts - sent_at[cause]))
+                samples.append(f"{sent_at[cause]},{ts - sent_at[cause]}")
+        # every sample (send time, latency), to see whether the slow ones cluster in time
+        (self.run_dir / "latency.csv").write_text("sent_ms,latency_ms\n" + "\n".join(samples))
         latencies.sort()
         self.results["latency"] = {
             "target_events_per_s": target,

@@ -45,6 +45,17 @@ _FIXED = _HEAD.size + 3 * _DELTA + _BITMAP
 _MAX_COUNT = 0xFFFF_FFFF
 
 
+_IDS = tuple(struct.Struct(f"{ID_DIGEST_BYTES}s" * n) for n in range(ID_WINDOW + 1))
+_VALUES: dict[int, struct.Struct] = {}
+
+
+def _values_struct(count: int) -> struct.Struct:
+    packer = _VALUES.get(count)
+    if packer is None:
+        packer = _VALUES[count] = struct.Struct(f"<{count}d")
+    return packer
+
+
 def id_digest(event_id: str) -> bytes:
     """The digest of an event id kept in the duplicate window."""
     return hashlib.blake2b(
@@ -115,7 +126,7 @@ def encode_state(state: ContactState) -> bytes:
         (state.clock_ms - state.last_event_ms).to_bytes(_DELTA, "little"),
         due.to_bytes(_DELTA, "little"),
         state.active_days.to_bytes(_BITMAP, "little"),
-        struct.pack(f"<{len(state.values)}d", *state.values),
+        _values_struct(len(state.values)).pack(*state.values),
         *ids,
     ]
     return b"".join(parts)
@@ -140,7 +151,8 @@ def peek_state(data: bytes) -> tuple[bool, bool, int | None]:
 
 def decode_state(data: bytes, key: ContactKey) -> ContactState:
     """Inverse of :func:`encode_state`; ``StateDecodeError`` if the bytes are not a state."""
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     if len(data) < _FIXED or data[0] != STATE_VERSION:
         raise StateDecodeError(f"not a version {STATE_VERSION} contact state ({len(data)} bytes)")
     _version, flags, clock, counted = _HEAD.unpack_from(data)
@@ -155,10 +167,8 @@ def decode_state(data: bytes, key: ContactKey) -> ContactState:
     pos += 3 * _DELTA
     bitmap = int.from_bytes(data[pos : pos + _BITMAP], "little")
     pos += _BITMAP
-    n_values = rest // 8
-    values = struct.unpack_from(f"<{n_values}d", data, pos)
-    pos += rest
-    ids = tuple(data[p : p + ID_DIGEST_BYTES] for p in range(pos, len(data), ID_DIGEST_BYTES))
+    values = _values_struct(rest // 8).unpack_from(data, pos)
+    ids: tuple[bytes, ...] = _IDS[n_ids].unpack_from(data, pos + rest)
     first = clock - first_delta
     last = clock - last_delta
     if not MIN_MS <= first <= last <= clock <= MAX_MS:

@@ -69,6 +69,8 @@ def apply_changelog(recovery: Any, messages: Sequence[Message]) -> None:
     for message in messages:
         tp = message.tp
         if tp in active_tps:
+            if not recovery.in_recovery:
+                continue  # recovered: later records are this worker's own writes
             offsets = recovery.active_offsets
             recovery._active_events_received_at[tp] = now
         elif tp in standby_tps:
@@ -86,7 +88,12 @@ def apply_changelog(recovery: Any, messages: Sequence[Message]) -> None:
     if recovery.in_recovery and not recovery.need_recovery():
         recovery.flush_buffers()
         recovery._set_recovery_ended()
-        recovery.signal_recovery_end.set()
+        # A pulse, as Faust's own loop gives (it clears the event before every record): the
+        # waiting recovery wakes, and a later recovery does not find the event still set and
+        # end before it has read anything.
+        end = recovery.signal_recovery_end
+        end.set()
+        end.clear()
 
 
 class BulkConsumer(faust_aiokafka.Consumer):
@@ -131,6 +138,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
         """The number of finished seeks, or -1 while a seek is under way."""
         return self._seeks_done if self._seeks_started == self._seeks_done else -1
 
+    #: apply changelog records under recovery a fetch at a time (:func:`apply_changelog`);
+    #: False: one by one through Faust's recovery queue
+    bulk_recovery: bool = True
+
     #: how long a fetch waits for the flow control before it is dropped (and sought again)
     flow_control_wait_s: float = 1.0
 
@@ -165,11 +176,14 @@ class BulkConsumer(faust_aiokafka.Consumer):
         seek_epoch = self.seek_epoch
         ack = self.ack
         recovery: Any = cast(Any, self.app.tables).recovery
-        # Off: with the batch path, a partition moved to this worker by a rebalance kept its
-        # stale state (the recovery-end signal it sets could still be set when the next
-        # recovery began, which then ended before reading anything); the reliability suites'
-        # rebalance test loses events with it. Faust's per-record path until that is fixed.
-        bulk_recovery = False
+        # every changelog record takes the batch restore: one sent through Faust's queue instead
+        # (its partition not yet under recovery when the fetch began) could be applied after
+        # later records of its partition, and be skipped as already applied
+        changelog_topics = (
+            frozenset(cast(Any, self.app.tables).changelog_topics)
+            if self.bulk_recovery
+            else frozenset()
+        )
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
@@ -177,9 +191,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 read: dict[Any, int] = {}  # the batch's read offsets, kept if it is scored
                 gaps: list[tuple[Any, int, int]] = []
                 changelog: list[Message] = []
-                recovering = recovery.active_tps | recovery.standby_tps if bulk_recovery else ()
                 epoch = seek_epoch()
                 stale = epoch < 0
+                generation = -1  # the consumer generation the fetch's changelog records are of
                 await asyncio.sleep(0)
                 if self.should_stop:
                     break
@@ -211,6 +225,14 @@ class BulkConsumer(faust_aiokafka.Consumer):
                         batch.append(message)
                         read[tp] = offset
                         continue
+                    if message.topic in changelog_topics:
+                        # applied at the end of the fetch if its partition is being recovered
+                        # then (skipping what was applied already, by offset), so no read
+                        # offset is kept for these
+                        if not changelog:
+                            generation = app.consumer_generation_id
+                        changelog.append(message)
+                        continue
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     if r_offset is not None and offset < r_offset:
@@ -218,13 +240,19 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     gap = offset - (r_offset or 0)
                     if gap > 1 and r_offset and acks_enabled_for(message.topic):
                         await self._add_gap(tp, r_offset + 1, offset)
-                    if tp in recovering:
-                        changelog.append(message)
-                    else:
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
-                if changelog:
+                if (
+                    changelog
+                    and generation == app.consumer_generation_id
+                    and not consumer_flow_stopped()
+                ):
+                    # Only if no rebalance began since they were fetched (Faust's loop drops
+                    # records while the flow is stopped too): records fetched before a
+                    # rebalance come from positions of before its recovery's seeks. Applied,
+                    # they would move the recovered offsets past records that the new
+                    # recovery then skipped. Dropped ones are read again after that seek.
                     apply_changelog(recovery, changelog)
                 if stale or seek_epoch() != epoch:
                     batch = []

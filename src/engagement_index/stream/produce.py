@@ -7,6 +7,11 @@ each with ``send_batch``: one future per group. Records without a partition get 
 producer's own partitioner picks (the default: murmur2 of the key), computed once per key and
 topic, so keyed records land exactly where ``send`` would put them. Order is kept within each
 topic-partition.
+
+Each batch is closed before it is submitted: an open one waits out the producer's
+``linger_ms`` in the queue (the whole batch is there already, so lingering only adds
+latency, and the next batch of the same partition waits for it), and ``send`` could still
+append records to it.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ async def send_batched(
                     )
                     sent.append(SentGroup(topic, partition, 1, future))
                     continue
+                batch.close()
                 future = await producer.send_batch(batch, topic, partition=partition)
                 sent.append(SentGroup(topic, partition, count, future))
                 batch = producer.create_batch()
@@ -82,6 +88,7 @@ async def send_batched(
                     continue
             count += 1
         if count:
+            batch.close()
             future = await producer.send_batch(batch, topic, partition=partition)
             sent.append(SentGroup(topic, partition, count, future))
     return sent

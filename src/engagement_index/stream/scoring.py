@@ -18,7 +18,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -47,9 +47,8 @@ TICK = struct.Struct("<q")
 MAX_ERROR_CHARS = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class InboundRecord:
-    """One consumed record, as the agent saw it."""
+class InboundRecord(NamedTuple):
+    """One consumed record, as the agent saw it (a tuple: built once per record)."""
 
     topic: str
     partition: int
@@ -59,9 +58,8 @@ class InboundRecord:
     timestamp_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundRecord:
-    """One record to produce."""
+class OutboundRecord(NamedTuple):
+    """One record to produce (a tuple: built once per output)."""
 
     topic: str
     key: bytes | None
@@ -136,6 +134,9 @@ class BatchScorer:
         self._channels = {t: topology.channel_of(t) for t in topology.scoring_sources}
         self._newest_event_ms: dict[str, int] = {}
         self._transition_counters: dict[tuple[str | None, str, str], Any] = {}
+        # per batch, added to the metrics once at its end
+        self._transition_counts: Counter[tuple[str | None, str, str]] = Counter()
+        self._snapshot_count = 0
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -181,11 +182,28 @@ class BatchScorer:
         consumed = self.metrics.events_consumed
         for (channel, outcome), count in outcomes.items():
             consumed.labels(channel=channel, outcome=outcome).inc(count)
+        self._count_outputs()
         for topic, event_ms in newest.items():
             self.metrics.event_time_lag.labels(channel=channels[topic]).set(
                 max(0.0, (now_ms - event_ms) / 1000)
             )
         return out
+
+    def _count_outputs(self) -> None:
+        """Add the batch's transitions and snapshots to the metrics (one call per label set)."""
+        counters = self._transition_counters
+        for labels, count in self._transition_counts.items():
+            counter = counters.get(labels)
+            if counter is None:
+                from_stage, to_stage, reason = labels
+                counter = counters[labels] = self.metrics.transitions.labels(
+                    from_stage=from_stage or "none", to_stage=to_stage, reason=reason
+                )
+            counter.inc(count)
+        self._transition_counts.clear()
+        if self._snapshot_count:
+            self.metrics.score_snapshots.inc(self._snapshot_count)
+            self._snapshot_count = 0
 
     def _process_one(
         self,
@@ -225,7 +243,8 @@ class BatchScorer:
         except EventRejected as exc:
             self._dead_letter(out, record, FailureType(exc.failure), exc.message, now_ms)
             return "dead_lettered"
-        key = ContactKey(fields.tenant, fields.contact_id).encode()
+        contact = ContactKey(fields.tenant, fields.contact_id)
+        key = contact.encode()
         if record.key != key:
             out.sends.append(OutboundRecord(self._rekey_topic, key, value))
             return "rekeyed"
@@ -238,7 +257,7 @@ class BatchScorer:
             # changelog, which another worker restores from, is not left behind the store.
             self._rewrite(key, index, entry, out, histories, load_history)
             return "duplicate"
-        previous = entry.state(key) if entry is not None else None
+        previous = entry.state(key, contact) if entry is not None else None
         state, transitions = apply_fields(previous, fields, self._compiled)
         duplicate = previous is not None and state is previous
         if entry is None:
@@ -375,22 +394,13 @@ class BatchScorer:
         sends = out.sends
         if transitions:
             history = self._history(key, index, histories, load_history)
-            counters = self._transition_counters
+            counts = self._transition_counts
             for transition in transitions:
                 payload = transition.to_json_bytes()
                 sends.append(OutboundRecord(self._stage_topic, key, payload))
                 move = (transition.from_stage, transition.to_stage)
                 out.stage_moves.append(move)
-                counter = counters.get((*move, transition.reason))
-                if counter is None:
-                    counter = counters[(*move, transition.reason)] = (
-                        self.metrics.transitions.labels(
-                            from_stage=transition.from_stage or "none",
-                            to_stage=transition.to_stage,
-                            reason=transition.reason,
-                        )
-                    )
-                counter.inc()
+                counts[(*move, transition.reason)] += 1
                 history.append(payload)
             del history[: -self.settings.history_size]
             out.history_writes[key] = (index, b"")  # the value is joined at the batch end
@@ -404,7 +414,7 @@ class BatchScorer:
         if moved or transitions:
             snapshot = evaluate(state, state.clock_ms, self._compiled)
             sends.append(OutboundRecord(self._scores_topic, key, snapshot.to_json_bytes()))
-            self.metrics.score_snapshots.inc()
+            self._snapshot_count += 1
             return snapshot.index
         return published_index
 
@@ -474,12 +484,14 @@ class _Entry:
         self.published_index = published_index
         self.last_index = -1  # index in the batch of the last record that changed it
 
-    def state(self, key: bytes) -> ContactState:
-        """The contact's state (decoded on first use)."""
+    def state(self, key: bytes, contact: ContactKey | None = None) -> ContactState:
+        """The contact's state (decoded on first use); ``contact``: ``key`` decoded, if known."""
         state = self._state
         if state is None:
             assert self._state_bytes is not None
-            state = self._state = decode_state(self._state_bytes, ContactKey.decode(key))
+            if contact is None:
+                contact = ContactKey.decode(key)
+            state = self._state = decode_state(self._state_bytes, contact)
         return state
 
     def set_state(self, state: ContactState) -> None:
