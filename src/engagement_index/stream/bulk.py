@@ -6,8 +6,9 @@ agent's ``take_events`` rebuilds batches from it. That machinery costs far more 
 record. :class:`BulkConsumer` keeps Faust's consumer (group membership, the co-partitioning
 assignor, table recovery, commits) but, for the topics in ``BulkApp.bulk_topics``, collects
 each fetch into one list and awaits ``BulkApp.bulk_handler`` with it. Records of every other
-topic take Faust's normal per-record path, except the changelog records of the partitions
-being recovered: :func:`apply_changelog` writes each fetch of them to the stores at once.
+topic take Faust's normal per-record path, except changelog records: :func:`apply_changelog`
+writes each fetch of them to the stores at once, for the partitions being recovered (and only
+if no rebalance began since the fetch: see ``docs/reliability.md``).
 
 Positions. A record of a bulk topic is scored only if it was fetched from a position Faust
 set: after a rebalance, Faust's recovery resumes the stream partitions *before* it seeks them
