@@ -807,10 +807,12 @@ class Run:
         )
         target = self.args.latency_rate or max(1.0, max_rate * self.args.latency_load)
         seconds = self.args.latency_seconds
-        log(
-            f"(5) latency: {target:,.0f} events/s ({self.args.latency_load:.0%} of "
-            f"{max_rate:,.0f}) for {seconds:.0f}s"
+        share = (
+            "fixed by --latency-rate"
+            if self.args.latency_rate
+            else f"{self.args.latency_load:.0%} of {max_rate:,.0f}"
         )
+        log(f"(5) latency: {target:,.0f} events/s ({share}) for {seconds:.0f}s")
         kafka = self.k()
         start = {tp.partition: off for tp, off in kafka.end_offsets([self.stage_topic]).items()}
         inbound_start = {
