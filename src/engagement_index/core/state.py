@@ -17,6 +17,7 @@ Invariants of :class:`ContactState`:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -46,14 +47,11 @@ _MAX_COUNT = 0xFFFF_FFFF
 
 
 _IDS = tuple(struct.Struct(f"{ID_DIGEST_BYTES}s" * n) for n in range(ID_WINDOW + 1))
-_VALUES: dict[int, struct.Struct] = {}
 
 
+@functools.cache
 def _values_struct(count: int) -> struct.Struct:
-    packer = _VALUES.get(count)
-    if packer is None:
-        packer = _VALUES[count] = struct.Struct(f"<{count}d")
-    return packer
+    return struct.Struct(f"<{count}d")
 
 
 def id_digest(event_id: str) -> bytes:
