@@ -23,6 +23,8 @@ from engagement_index.core.events import ContactKey
 from engagement_index.core.lifecycle import evaluate
 from engagement_index.core.timestamps import parse_timestamp_ms
 from engagement_index.replay import replay
+from tests.reference import engagement as reference
+from tests.reference.compare import snapshot_mismatches, transition_mismatches
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,13 @@ FAST_MODEL = (
 CHANNELS = ("web", "email", "social", "commerce", "product")
 HOT = ("web.form_submit", "email.click", "social.share", "web.page_view", "email.open")
 WEAK = ("web.page_view", "email.open", "social.like")
+LATE_BURST = (
+    "web.form_submit",
+    "email.click",
+    "social.share",
+    "commerce.cart_add",
+    "product.core_action",
+)
 
 
 def iso(ms: int) -> str:
@@ -150,6 +159,48 @@ def assert_same_transitions(
             assert g["previous_index"] == pytest.approx(e["previous_index"], abs=1e-6)
 
 
+def assert_reference_transitions(
+    streamed: dict[tuple[str, str], list[dict[str, Any]]],
+    expected: list[reference.RefTransition],
+    ambiguous: set[tuple[str, str]],
+) -> None:
+    """The worker's transitions, contact by contact, against the independent reference."""
+    want: dict[tuple[str, str], list[reference.RefTransition]] = defaultdict(list)
+    for t in expected:
+        want[(t.tenant, t.contact_id)].append(t)
+    assert set(streamed) == set(want)
+    problems = {
+        contact: transition_mismatches(streamed[contact], ts)
+        for contact, ts in want.items()
+        if contact not in ambiguous
+    }
+    problems = {contact: found for contact, found in problems.items() if found}
+    assert not problems, list(problems.items())[:3]
+
+
+def assert_api_equals_reference(
+    worker: Any, ref: reference.Reference, keys: list[tuple[str, str]]
+) -> int:
+    """Every field of the API's answer for ``keys`` against the reference at the same instant.
+
+    Returns how many answers were compared.
+    """
+    problems: dict[tuple[str, str], list[str]] = {}
+    compared = 0
+    for tenant, cid in keys:
+        status, body = worker.get(f"/v1/contacts/{tenant}/{cid}")
+        assert status == 200, body
+        if (tenant, cid) in ref.ambiguous:
+            continue
+        want = ref.snapshot((tenant, cid), parse_timestamp_ms(body["evaluated_at"]))
+        found = snapshot_mismatches(body, want)
+        compared += 1
+        if found:
+            problems[(tenant, cid)] = found
+    assert not problems, list(problems.items())[:3]
+    return compared
+
+
 def wait_for_oracle(
     env: Any, oracle: dict[tuple[str, str], list[dict[str, Any]]], timeout: float
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -188,8 +239,21 @@ def test_worker_equals_replay_and_serves_api_and_metrics(
     assert len(decays_after_publish) > 20, "the scenario must decay while no events arrive"
     assert any(t["reason"] == "customer_event" for ts in oracle.values() for t in ts)
 
+    # the independent reference (tests/reference) must agree with the replay and the worker
+    ref_model = reference.load_model(FAST_MODEL)
+    ref_finished, ref_transitions = reference.run(
+        [value for _, _, value, _ in traffic], ref_model, until_ms=publish_ms + 10**9
+    )
+    assert len(ref_finished.ambiguous) < 5, ref_finished.ambiguous
+    assert_reference_transitions(oracle, ref_transitions, ref_finished.ambiguous)
+    ref_live = reference.Reference(ref_model)  # no decay applied ahead of the API's clock
+    for _, _, value, _ in traffic:
+        ref_live.feed(value)
+
     streamed = wait_for_oracle(env, oracle, timeout=120)
     assert_same_transitions(streamed, oracle)
+    assert_reference_transitions(streamed, ref_transitions, ref_finished.ambiguous)
+    assert assert_api_equals_reference(worker, ref_live, sorted(ref_live.contacts)) > 250
 
     # decay transitions while nothing arrives are emitted within ~1 s of their crossing
     records = env.consume_all(env.topic("stage_changes"), idle_s=1.0)
@@ -237,3 +301,88 @@ def test_worker_equals_replay_and_serves_api_and_metrics(
     assert decays_counted == sum(1 for ts in oracle.values() for t in ts if t["reason"] == "decay")
     assert "c-0001" not in text, "no contact ids in metrics"
     assert "acme" not in text, "no tenants in metrics"
+
+    # Late events after the timer's decays (docs/scoring.md, "Determinism decision"): a
+    # decayed contact's clock is tau, so events timestamped before tau are evaluated at tau
+    late_events_after_timer_decays(env, worker, traffic, ref_finished, publish_ms)
+
+
+def late_events_after_timer_decays(
+    env: Any,
+    worker: Any,
+    traffic: list[tuple[str, bytes, bytes, str]],
+    ref: reference.Reference,
+    publish_ms: int,
+) -> None:
+    """Hot events timestamped just before the decays the worker's timer emitted.
+
+    ``ref`` is the reference with every decay applied (``finish``), as the worker has them.
+    Each of up to 30 contacts whose last transition is a decay after the publication gets 25
+    hot events stamped 1-2000 ms before its ``tau``: late events, evaluated at ``tau``, that
+    take it back to the upper stage at ``occurred_at = tau``.
+    """
+    rng = random.Random(7)
+    route = {cid: (channel, key) for channel, key, _, cid in traffic}
+    assert ref.finish(publish_ms + 10**9) == [], "every decay is applied already"
+    # a contact whose clock a decay moved past its last event, and no event since
+    taus = {
+        c.key: c.clock
+        for c in ref.contacts.values()
+        if not c.upper and c.clock > publish_ms and c.clock > c.last_event
+    }
+    chosen = sorted(k for k in taus if k not in ref.ambiguous)[:30]
+    assert len(chosen) >= 10, "the scenario must have contacts decayed by the timer"
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=5)
+    want: dict[tuple[str, str], list[reference.RefTransition]] = defaultdict(list)
+    late_ids: set[str] = set()
+    for tenant, cid in chosen:
+        tau = taus[(tenant, cid)]
+        channel, key = route[cid]
+        for n in range(25):
+            event_id = f"{cid}-late-{n}"
+            late_ids.add(event_id)
+            value = json.dumps(
+                {
+                    "event_id": event_id,
+                    "tenant": tenant,
+                    "contact_id": cid,
+                    "type": LATE_BURST[n % len(LATE_BURST)],
+                    "timestamp": iso(tau - rng.randint(1, 2000)),
+                }
+            ).encode()
+            producer.send(env.topic(channel), key=key, value=value)
+            want[(tenant, cid)].extend(ref.feed(value))
+    producer.flush()
+    producer.close()
+    back_up = [t for ts in want.values() for t in ts if t.to_stage in ("purchase", "retention")]
+    assert len(back_up) >= 10, "the late bursts must cross back into the upper stages"
+    assert all(t.occurred_at_ms == taus[(t.tenant, t.contact_id)] for t in back_up)
+
+    def scored() -> bool:
+        return all(
+            worker.get(f"/v1/contacts/{tenant}/{cid}")[1]["events_counted"]
+            == ref.contacts[(tenant, cid)].counted
+            for tenant, cid in chosen
+        )
+
+    deadline = time.monotonic() + 60
+    while not scored():
+        assert time.monotonic() < deadline, "the worker did not score the late events"
+        time.sleep(1)
+    expected = sum(len(ts) for ts in want.values())
+    while True:  # their transitions are produced before the offsets are committed
+        records = env.consume_all(env.topic("stage_changes"), idle_s=1.0)
+        caused = [
+            t for t in (json.loads(r.value) for r in records) if t["cause_event_id"] in late_ids
+        ]
+        got = by_contact(caused)
+        if sum(len(ts) for ts in got.values()) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    problems = {
+        contact: found
+        for contact in chosen
+        if (found := transition_mismatches(got.get(contact, []), want.get(contact, [])))
+    }
+    assert not problems, list(problems.items())[:3]
+    assert assert_api_equals_reference(worker, ref, chosen) == len(chosen)
