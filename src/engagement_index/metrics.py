@@ -154,9 +154,24 @@ class CollectorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.dead_letters = Counter(
+            "engagement_collector_dead_letters_total",
+            "Batch items refused and put on the dead-letter topic (the good items beside them "
+            "were published), by source and failure type.",
+            ["source", "failure_type"],  # failure_type: schema_violation | oversized
+            registry=r,
+        )
+        self.machine_opens = Counter(
+            "engagement_collector_machine_opens_total",
+            "Opens that look machine-made (published as email.machine_open; signal=head: a "
+            "pixel HEAD request, not published), by source and signal.",
+            ["source", "signal"],
+            registry=r,
+        )
         self.producer_ready = Gauge(
             "engagement_collector_producer_ready",
-            "1 when the Kafka producer is connected.",
+            "1 when the collector is ready: the broker answered its producer (an ack or a "
+            "metadata request) within ready_max_age_seconds.",
             registry=r,
         )
 

@@ -2,8 +2,9 @@
 
 One collector process serves the module, on a private topology (unique topic names). Each test
 uses its own tenant, so its records can be told apart on the shared topics. Clients: the real
-``segment-analytics-python`` SDK, SendGrid's documented sample payload signed with an ECDSA key
-as SendGrid signs it, Mailgun's HMAC signature, and pixel URLs fetched with urllib.
+``segment-analytics-python`` and ``rudder-sdk-python`` SDKs, SendGrid's documented sample
+payload signed with an ECDSA key as SendGrid signs it, Mailgun's HMAC signature, and pixel URLs
+fetched with urllib.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kafka import KafkaConsumer, TopicPartition
+from rudderstack.analytics.client import Client as RudderClient  # type: ignore[import-untyped]
 from segment.analytics.client import Client  # type: ignore[import-untyped]
 
 from engagement_index.collector.pixel import GIF, sign_pixel_url
@@ -174,7 +177,10 @@ SENDGRID_SAMPLE = [
 SENDGRID_EXPECTED = [
     "email.sent",  # processed
     "email.sent",  # delivered
-    "email.open",
+    # the sample's open has the same time as its message's delivery: no person opens a
+    # message in the second it arrives (sg_machine_open is false: SendGrid flags only Apple's
+    # proxy, the delivery-time rule catches scanners and prefetchers too)
+    "email.machine_open",
     "email.click",
     "email.bounce",  # bounce
     "email.bounce",  # dropped
@@ -309,6 +315,27 @@ class Env:
         consumer.close()
         return out
 
+    def dead_letters(self, tenant: str, idle_s: float = 1.5) -> list[tuple[Any, dict[str, str]]]:
+        """(value, headers) of every dead letter the collector wrote for ``tenant``."""
+        topic = self.topology.outbound.dead_letters.name
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            consumer_timeout_ms=int(idle_s * 1000),
+        )
+        consumer.assign(
+            [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
+        )
+        consumer.seek_to_beginning()
+        out = []
+        for record in consumer:
+            headers = {k: v.decode() for k, v in record.headers}
+            if headers.get("dlq.source.tenant") == tenant:
+                out.append((json.loads(record.value), headers))
+        consumer.close()
+        return out
+
 
 SENDGRID_PRIVATE = ec.generate_private_key(ec.SECP256R1())
 
@@ -326,8 +353,14 @@ def env(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     keys.write_text(
         yaml.safe_dump(
             {
-                "write_keys": {"wk-seg": "seg", "wk-bad": "bad"},
-                "pixel_secrets": {"px": PIXEL_SECRET, "bad": "other-secret"},
+                "write_keys": {
+                    "wk-seg": "seg",
+                    "wk-bad": "bad",
+                    "wk-rs": "rs",
+                    "wk-pb": "pb",
+                    "wk-enc": "enc",
+                },
+                "pixel_secrets": {"px": PIXEL_SECRET, "bad": "other-secret", "mo": PIXEL_SECRET},
                 "sendgrid_public_keys": {"sg": base64.b64encode(public_der).decode()},
                 "mailgun_signing_keys": {"mg": MAILGUN_KEY},
             }
@@ -431,6 +464,7 @@ def test_sendgrid_documented_sample_signed_and_forged(env: Env) -> None:
     assert first["timestamp"] == "2017-12-15T00:59:29Z"
     assert first["properties"]["sg_message_id"] == "sg_message_id"
     assert "example@test.com" not in json.dumps(first["properties"])
+    assert found["email"][2]["properties"]["machine_open"] == "soon_after_delivery"
 
     # a body changed after signing does not verify
     tampered = body.replace(b"cat facts", b"dog facts")
@@ -536,14 +570,6 @@ GOOD = {"userId": "u", "event": "Order Completed", "messageId": "m-1"}
         ),
         ("/v1/alias", json.dumps({"userId": "u"}).encode(), {}, 400, "previousId"),
         ("/v1/group", json.dumps({"userId": "u"}).encode(), {}, 400, "groupId"),
-        ("/v1/batch", json.dumps({"batch": [GOOD]}).encode(), {}, 400, "batch[0].type"),
-        (
-            "/v1/batch",
-            json.dumps({"batch": [{**GOOD, "type": "track"}, {"type": "page"}]}).encode(),
-            {},
-            400,
-            "batch[1].userId",
-        ),
         ("/v1/batch", json.dumps({"batch": []}).encode(), {}, 400, "batch"),
         (
             "/v1/track",
@@ -551,15 +577,6 @@ GOOD = {"userId": "u", "event": "Order Completed", "messageId": "m-1"}
             {},
             413,
             None,
-        ),
-        (
-            "/v1/batch",
-            json.dumps(
-                {"batch": [{**GOOD, "type": "track", "properties": {"x": "y" * 40_000}}]}
-            ).encode(),
-            {},
-            413,
-            "batch[0]",
         ),
         (
             "/v1/batch",
@@ -576,6 +593,17 @@ GOOD = {"userId": "u", "event": "Order Completed", "messageId": "m-1"}
             None,
         ),
         ("/v1/track", json.dumps(GOOD).encode(), {"Content-Encoding": "compress"}, 415, None),
+        ("/v1/track", json.dumps(GOOD).encode(), {"Content-Encoding": "br"}, 415, None),
+        ("/v1/batch", json.dumps(GOOD).encode(), {"Content-Encoding": "zstd"}, 415, None),
+        ("/v1/track", json.dumps(GOOD).encode(), {"Content-Encoding": "gzip, br"}, 415, None),
+        ("/v1/batch", json.dumps({"batch": {"a": 1}}).encode(), {}, 400, "batch"),
+        (
+            "/v1/batch",
+            json.dumps({"batch": [GOOD], "sentAt": "yesterday"}).encode(),
+            {},
+            400,
+            "sentAt",
+        ),
         ("/v1/track", json.dumps(GOOD).encode(), {"Authorization": basic("wk-nope")}, 401, None),
         ("/v1/track", json.dumps(GOOD).encode(), {"Authorization": "Bearer x"}, 401, None),
         (
@@ -670,3 +698,177 @@ def test_write_key_is_required_and_metrics_name_no_contact(env: Env) -> None:
     assert "carol" not in metrics
     assert "example.net" not in metrics
     assert "wk-seg" not in metrics
+
+
+def test_rudderstack_sdk_identify_traits_unicode_names_and_a_refused_item(env: Env) -> None:
+    errors: list[Any] = []
+    client = RudderClient(
+        "wk-rs",
+        host=env.url,
+        gzip=True,
+        on_error=lambda exc, batch: errors.append(exc),
+        upload_interval=0.05,
+        max_retries=1,
+    )
+    client.identify("user-1", {"plan": "pro", "name": "Ada"}, anonymous_id="anon-1")
+    client.track("user-1", "Order Completed", {"revenue": 42})
+    client.track("user-1", "登録完了")
+    client.track("user-1", "Café Visité")
+    client.track("user-1", "Cafe Visite")
+    client.track("user-1", "!!!")  # no letter or digit in any script: refused, alone
+    client.page("user-1", "Docs", "Pricing", {"url": "https://example.test/pricing"})
+    client.flush()
+    client.join()
+    assert errors == []
+
+    found = env.records("rs")
+    (identify,) = found["identity"]
+    # the RudderStack SDK sends identify traits only as context.traits
+    assert identify["traits"] == {"plan": "pro", "name": "Ada"}
+    assert identify["anonymous_id"] == "anon-1"
+    assert [e["type"] for e in found["commerce"]] == ["commerce.purchase"]
+    web = sorted((e["type"], e["properties"].get("event_name")) for e in found["web"])
+    assert web == [
+        ("custom.cafe_visite", "Cafe Visite"),
+        ("custom.cafe_visite-31bbba0f67b9", "Café Visité"),
+        ("custom.x-69cccc070343", "登録完了"),
+        ("web.page_view", None),
+    ]
+    ((value, headers),) = env.dead_letters("rs")
+    assert value["event"] == "!!!"
+    assert headers["dlq.failure.type"] == "schema_violation"
+    assert "letter or digit" in headers["dlq.error.message"]
+    assert headers["dlq.source.collector"].startswith("/v1/batch#")
+    metrics = request(f"{env.url}/metrics")[2].decode()
+    assert 'engagement_collector_dead_letters_total{failure_type="schema_violation",' in metrics
+
+
+def test_a_batch_is_judged_item_by_item(env: Env) -> None:
+    now = "2026-11-01T10:00:00Z"
+    items: list[Any] = [
+        {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "pb-1"},
+        {"userId": "u1", "event": "Order Completed", "messageId": "pb-2"},  # no type
+        {"type": "track", "event": "Order Completed", "messageId": "pb-3"},  # no id
+        {"type": "track", "userId": "u1", "event": "X", "properties": {"x": "y" * 40_000}},
+        5,
+        {"type": "page", "userId": "u1", "messageId": "pb-6", "timestamp": "yesterday"},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "pb-7",
+            "context": {"traits": {"plan": "pro"}},
+            "timestamp": now,
+        },
+    ]
+    status, _, answer = request(
+        env.url + "/v1/batch",
+        json.dumps({"batch": items, "sentAt": now}).encode(),
+        {"Authorization": basic("wk-pb"), "Content-Type": "application/json"},
+    )
+    assert status == 200, answer
+    body = json.loads(answer)
+    assert (body["success"], body["accepted"], body["refused"]) == (True, 2, 5)
+    assert [(e["index"], e["field"], e["code"]) for e in body["errors"]] == [
+        (1, "batch[1].type", "invalid_request"),
+        (2, "batch[2].userId", "invalid_request"),
+        (3, "batch[3]", "payload_too_large"),
+        (4, "batch[4]", "invalid_request"),
+        (5, "batch[5].timestamp", "invalid_request"),
+    ]
+    found = env.records("pb")
+    assert [e["event_id"] for e in found["commerce"]] == ["pb-1"]
+    assert [(r["event_id"], r["traits"]) for r in found["identity"]] == [("pb-7", {"plan": "pro"})]
+    letters = env.dead_letters("pb")
+    assert [h["dlq.source.collector"] for _, h in letters] == [
+        f"/v1/batch#{i}" for i in (1, 2, 3, 4, 5)
+    ]
+    assert [h["dlq.failure.type"] for _, h in letters] == [
+        "schema_violation",
+        "schema_violation",
+        "oversized",
+        "schema_violation",
+        "schema_violation",
+    ]
+    assert letters[0][0] == items[1]  # the item as received
+    assert letters[3][0] == 5
+    assert all(h["dlq.error.message"] for _, h in letters)
+    metrics = request(f"{env.url}/metrics")[2].decode()
+    assert 'engagement_collector_dead_letters_total{failure_type="oversized",source="segment"}' in (
+        metrics
+    )
+
+
+def test_unsupported_encodings_are_415_json_and_log_nothing(env: Env) -> None:
+    before = env.collector.log.read_text()
+    for encoding in ("br", "zstd", "gzip, br", "compress", "x-snappy"):
+        for path in ("/v1/batch", "/v1/track", "/webhooks/sendgrid/sg"):
+            status, headers, answer = request(
+                env.url + path,
+                b"\x8b\x05\x80" + os.urandom(64),
+                {"Authorization": basic("wk-enc"), "Content-Encoding": encoding},
+            )
+            assert status == 415, (encoding, path, answer)
+            assert headers["Content-Type"].startswith("application/json")
+            assert json.loads(answer)["code"] == "unsupported_encoding"
+    logged = env.collector.log.read_text()[len(before) :]
+    assert "Traceback" not in logged
+    assert " ERROR " not in logged
+    # gzip and deflate (zlib-wrapped and raw, as clients send it) are decoded
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    bodies = {
+        "gzip": gzip.compress(json.dumps({**GOOD, "messageId": "enc-1"}).encode()),
+        "deflate": zlib.compress(json.dumps({**GOOD, "messageId": "enc-2"}).encode()),
+        "Deflate": raw.compress(json.dumps({**GOOD, "messageId": "enc-3"}).encode()) + raw.flush(),
+    }
+    for encoding, body in bodies.items():
+        status, _, answer = request(
+            env.url + "/v1/track",
+            body,
+            {"Authorization": basic("wk-enc"), "Content-Encoding": encoding},
+        )
+        assert status == 200, (encoding, answer)
+    assert sorted(e["event_id"] for e in env.records("enc")["commerce"]) == [
+        "enc-1",
+        "enc-2",
+        "enc-3",
+    ]
+
+
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+A_PERSON = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+
+
+def test_pixel_head_publishes_nothing_and_machine_opens_are_their_own_type(env: Env) -> None:
+    def url(event_id: str, sent_at: int | None = None) -> str:
+        return sign_pixel_url(
+            env.url, PIXEL_SECRET, tenant="mo", contact_id="c-1", event_id=event_id, sent_at=sent_at
+        )
+
+    status, headers, body = request(url("head-1"), method="HEAD")
+    assert (status, body, headers["Content-Type"]) == (200, b"", "image/gif")
+    now = int(time.time())
+    fetches = [
+        (url("apple-1"), "Mozilla/5.0"),
+        (url("gmail-1"), GMAIL_PROXY),
+        (url("scanner-1", sent_at=now), A_PERSON),  # fetched the second the message went out
+        (url("person-1", sent_at=now - 3600), A_PERSON),
+        (url("person-2"), A_PERSON),
+    ]
+    for fetch, agent in fetches:
+        status, _, body = request(fetch, headers={"User-Agent": agent})
+        assert (status, body) == (200, GIF)
+    found = env.records("mo")
+    opens = {
+        e["event_id"]: (e["type"], e["properties"].get("machine_open")) for e in found["email"]
+    }
+    assert opens == {
+        "apple-1": ("email.machine_open", "apple_mail_privacy_protection"),
+        "gmail-1": ("email.machine_open", "google_image_proxy"),
+        "scanner-1": ("email.machine_open", "soon_after_delivery"),
+        "person-1": ("email.open", None),
+        "person-2": ("email.open", None),
+    }
+    metrics = request(f"{env.url}/metrics")[2].decode()
+    assert 'engagement_collector_machine_opens_total{signal="head",source="pixel"} 1.0' in metrics

@@ -1,8 +1,10 @@
 """The collector's aiohttp application: routes, limits, auth, and publishing.
 
-Every ingest route validates the whole request first, then publishes every resulting record and
+Every ingest route validates the request first, then publishes every resulting record and
 answers 2xx only after the broker acknowledged all of them (503 otherwise, so the sender
-retries). Errors are JSON: ``{"success": false, "code", "message", "field"}``.
+retries). A batch is validated item by item: the good items are published, each refused item
+goes to the dead-letter topic with its reason, and the answer says how many were refused.
+Errors are JSON: ``{"success": false, "code", "message", "field"}``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import binascii
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
 from pydantic import ValidationError
 from pydantic_core import from_json, to_json
 
@@ -28,6 +30,7 @@ from engagement_index.collector.errors import (
     too_large,
     unauthorized,
 )
+from engagement_index.collector.machine import MACHINE_OPEN, OPEN, machine_open_signal
 from engagement_index.collector.models import SegmentBatch, SegmentMessage
 from engagement_index.collector.pixel import (
     GIF,
@@ -37,6 +40,7 @@ from engagement_index.collector.pixel import (
 )
 from engagement_index.collector.publisher import Publisher, PublishError
 from engagement_index.collector.segment import (
+    DEAD_LETTER,
     IDENTITY,
     EventMap,
     Outgoing,
@@ -56,6 +60,7 @@ from engagement_index.collector.webhooks import (
     verify_sendgrid,
 )
 from engagement_index.core.events import CanonicalEvent, ContactKey
+from engagement_index.core.timestamps import parse_rfc3339
 from engagement_index.metrics import CollectorMetrics
 from engagement_index.topology import Topology
 
@@ -63,6 +68,54 @@ log = logging.getLogger("engagement_index.collector")
 
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "group", "alias")
 MAX_WEBHOOK_BYTES = 4 * 1024 * 1024
+#: refused batch items listed in the answer (the count is always complete)
+MAX_LISTED_ERRORS = 50
+MAX_DLQ_MESSAGE_CHARS = 1000
+_INFLATE = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class _Inflater:
+    """Streaming gzip/deflate decoding that never produces more than ``limit + 1`` bytes.
+
+    gzip: concatenated members are decoded one after another. deflate: the zlib format, or
+    a raw deflate stream (as some clients send) when the first bytes are not a zlib header.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.wbits = _INFLATE[encoding]
+        self.limit = limit
+        self.out = 0
+        self.started = False
+        self._obj = zlib.decompressobj(self.wbits)
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data:
+            if self._obj.eof:
+                if self.wbits != _INFLATE["gzip"]:
+                    raise zlib.error("data after the end of the deflate stream")
+                self._obj = zlib.decompressobj(self.wbits)
+            try:
+                out += self._obj.decompress(data, self.limit + 1 - self.out - len(out))
+            except zlib.error:
+                if self.started or self.wbits != zlib.MAX_WBITS:
+                    raise
+                self.wbits = -zlib.MAX_WBITS  # raw deflate, no zlib header
+                self._obj = zlib.decompressobj(self.wbits)
+                continue
+            self.started = True
+            if self.out + len(out) > self.limit:
+                break  # the caller refuses the body
+            data = self._obj.unconsumed_tail or (self._obj.unused_data if self._obj.eof else b"")
+        self.out += len(out)
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        if not self._obj.eof:
+            raise zlib.error("the compressed body is truncated")
+        return b""
+
+
 _OK = {"success": True}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -108,6 +161,9 @@ class Collector:
             channel: spec.name for channel, spec in topology.inbound.items()
         }
         self.topics[IDENTITY] = topology.outbound.identities.name
+        self.topics[DEAD_LETTER] = topology.outbound.dead_letters.name
+        publisher.topics = sorted(set(self.topics.values()))
+        self.shutdown_deadline: float | None = None
         self.sendgrid_keys = {
             tenant: load_ecdsa_public_key(text)
             for tenant, text in keys.sendgrid_public_keys.items()
@@ -122,7 +178,8 @@ class Collector:
         routes += [
             web.post("/v1/batch", self._segment_call("batch")),
             web.post("/v1/import", self._segment_call("batch")),
-            web.get("/p.gif", self._pixel),
+            web.get("/p.gif", self._pixel, allow_head=False),
+            web.head("/p.gif", self._pixel_head),
             web.post("/webhooks/sendgrid/{tenant}", self._sendgrid),
             web.post("/webhooks/mailgun/{tenant}", self._mailgun),
             web.get("/healthz", self._healthz),
@@ -142,8 +199,17 @@ class Collector:
             )
         await self.publisher.start()
 
+    def begin_shutdown(self, deadline: float) -> None:
+        """SIGTERM: ``/readyz`` and new ingest requests answer 503 from now on; the producer
+        must be closed by ``deadline`` (``time.monotonic()``)."""
+        self.shutdown_deadline = deadline
+        self.publisher.begin_stop()
+
     async def _on_cleanup(self, _app: web.Application) -> None:
-        await self.publisher.stop()
+        remaining = 5.0
+        if self.shutdown_deadline is not None:
+            remaining = self.shutdown_deadline - time.monotonic()
+        await self.publisher.stop(max(0.5, remaining))
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -168,27 +234,38 @@ class Collector:
     # ------------------------------------------------------------------ helpers
     async def _body(self, request: web.Request, limit: int) -> bytes:
         """The (decompressed) body, at most ``limit`` bytes; 413 beyond, 415 for an encoding
-        other than gzip/deflate. aiohttp inflates gzip/deflate bodies as they stream in, so
-        the limit applies to the inflated size and a compression bomb stops at the limit."""
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+        other than gzip/deflate/identity, answered before anything is read or decoded. aiohttp
+        does not decompress (``auto_decompress=False``): the body is inflated here as it
+        streams in, so the limit applies to the inflated size and a compression bomb stops at
+        the limit."""
+        header = request.headers.get("Content-Encoding", "")
+        codings = [c.strip().lower() for c in header.split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        if len(codings) > 1 or (codings and codings[0] not in _INFLATE):
             raise RequestRejected(
-                415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported"
+                415,
+                "unsupported_encoding",
+                f"Content-Encoding {header.strip()!r} is not supported (use gzip, deflate or "
+                "identity)",
             )
-        if (
-            encoding in ("", "identity")
-            and request.content_length is not None
-            and request.content_length > limit
-        ):
+        encoding = codings[0] if codings else None
+        if request.content_length is not None and request.content_length > limit:
             raise too_large(None, f"the body is {request.content_length} bytes, limit {limit}")
+        inflater = _Inflater(encoding, limit) if encoding else None
         buf = bytearray()
+        received = 0
         try:
             async for chunk in request.content.iter_chunked(64 * 1024):
-                buf += chunk
-                if len(buf) > limit:
+                received += len(chunk)
+                buf += chunk if inflater is None else inflater.feed(chunk)
+                if received > limit or len(buf) > limit:
                     raise too_large(None, f"the body is larger than the limit of {limit} bytes")
-        except ContentEncodingError as exc:
+            if inflater is not None:
+                buf += inflater.finish()
+        except zlib.error as exc:
             raise invalid(None, f"the {encoding} body cannot be decompressed: {exc}") from None
+        if len(buf) > limit:
+            raise too_large(None, f"the body is larger than the limit of {limit} bytes")
         return bytes(buf)
 
     @staticmethod
@@ -223,16 +300,20 @@ class Collector:
         started = time.perf_counter()
         try:
             await self.publisher.publish(
-                [(self.topics[r.channel], r.key, r.value) for r in records]
+                [(self.topics[r.channel], r.key, r.value, r.headers) for r in records]
             )
         except PublishError as exc:
-            log.warning("publish failed for %s: %s", source, exc)
+            self.publisher.refused(str(exc))  # logged once per outage interval, not per request
             raise RequestRejected(
                 503, "unavailable", f"events not accepted, retry later: {exc}", None, "kafka"
             ) from None
         self.metrics.publish_latency.labels(source).observe(time.perf_counter() - started)
         for record in records:
-            self.metrics.events_published.labels(source, record.channel).inc()
+            if record.channel == DEAD_LETTER:
+                failure = dict(record.headers).get("dlq.failure.type", b"").decode()
+                self.metrics.dead_letters.labels(source, failure).inc()
+            else:
+                self.metrics.events_published.labels(source, record.channel).inc()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -257,65 +338,135 @@ class Collector:
                 raise unauthorized("a write key is required (Basic auth user name)")
         received = self._now()
         if call == "batch":
-            records = self._segment_batch(payload, tenant, received)
-        else:
-            try:
-                message = SegmentMessage.model_validate(payload)
-            except ValidationError as exc:
-                raise _validation_error(exc) from None
-            message = message.model_copy(update={"type": call})
-            records = [
-                map_message(
-                    message, payload, tenant=tenant, event_map=self.event_map, received=received
-                )
-            ]
+            records, refused = self._segment_batch(payload, tenant, received, request.path)
+            await self._publish("segment", records)
+            return web.json_response(
+                {
+                    "success": True,
+                    "accepted": len(records) - len(refused),
+                    "refused": len(refused),
+                    **({"errors": refused[:MAX_LISTED_ERRORS]} if refused else {}),
+                }
+            )
+        try:
+            message = SegmentMessage.model_validate(payload)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        message = message.model_copy(update={"type": call})
+        records = [
+            map_message(
+                message, payload, tenant=tenant, event_map=self.event_map, received=received
+            )
+        ]
         await self._publish("segment", records)
         return web.json_response(_OK)
 
     def _segment_batch(
-        self, payload: dict[str, Any], tenant: str, received: datetime
-    ) -> list[Outgoing]:
+        self, payload: dict[str, Any], tenant: str, received: datetime, route: str
+    ) -> tuple[list[Outgoing], list[dict[str, Any]]]:
+        """(records to publish, refused items) of a batch. The request as a whole is refused
+        (400) only when the batch itself is malformed: not a non-empty list, a bad ``sentAt``
+        or ``context``. Each item is validated on its own; a refused item becomes a
+        dead-letter record among the records and an entry of the refused list."""
         items = payload.get("batch")
-        if isinstance(items, list):
-            limit = self.settings.max_event_bytes
-            for i, item in enumerate(items):
-                size = len(to_json(item))
-                if size > limit:
-                    raise too_large(f"batch[{i}]", f"batch[{i}] is {size} bytes, limit {limit}")
-        try:
-            batch = SegmentBatch.model_validate(payload)
+        try:  # the batch's own fields, with the items left to the loop below
+            shell = (
+                {**payload, "batch": [{} for _ in items]} if isinstance(items, list) else payload
+            )
+            batch = SegmentBatch.model_validate(shell)
         except ValidationError as exc:
             raise _validation_error(exc) from None
-        raw_items: list[dict[str, Any]] = payload["batch"]
-        return [
-            map_message(
-                message,
-                raw_items[i],
-                tenant=tenant,
-                event_map=self.event_map,
-                received=received,
-                batch_sent_at=batch.sentAt,
-                batch_context=batch.context,
-                where=f"batch[{i}].",
-            )
-            for i, message in enumerate(batch.batch)
-        ]
+        if batch.sentAt is not None:
+            try:
+                parse_rfc3339(batch.sentAt)
+            except ValueError as exc:
+                raise invalid("sentAt", f"{exc} (got {batch.sentAt[:40]!r})") from None
+        raw_items: list[Any] = payload["batch"]
+        limit = self.settings.max_event_bytes
+        records: list[Outgoing] = []
+        refused: list[dict[str, Any]] = []
+        for i, item in enumerate(raw_items):
+            where = f"batch[{i}]"
+            encoded = to_json(item)
+            try:
+                if len(encoded) > limit:
+                    raise too_large(where, f"{where} is {len(encoded)} bytes, limit {limit}")
+                if not isinstance(item, dict):
+                    raise invalid(where, "must be an object")
+                try:
+                    message = SegmentMessage.model_validate(item)
+                except ValidationError as exc:
+                    raise _validation_error(exc, where) from None
+                records.append(
+                    map_message(
+                        message,
+                        item,
+                        tenant=tenant,
+                        event_map=self.event_map,
+                        received=received,
+                        batch_sent_at=batch.sentAt,
+                        batch_context=batch.context,
+                        where=f"{where}.",
+                    )
+                )
+            except RequestRejected as exc:
+                error = {k: v for k, v in exc.body().items() if k != "success"}
+                refused.append({"index": i, **error})
+                records.append(self._dead_letter(tenant, item, encoded, exc, route, i))
+        return records, refused
+
+    def _dead_letter(
+        self,
+        tenant: str,
+        item: Any,
+        encoded: bytes,
+        exc: RequestRejected,
+        route: str,
+        index: int,
+    ) -> Outgoing:
+        """A refused batch item on the dead-letter topic: its JSON as received, keyed by its
+        contact when it names one, with the reason in headers (as the worker's dead letters)."""
+        key = None
+        if isinstance(item, dict):
+            contact = item.get("userId") or item.get("anonymousId")
+            if isinstance(contact, str | int) and not isinstance(contact, bool):
+                key = ContactKey(tenant, str(contact)).encode()
+        failure = "oversized" if exc.status == 413 else "schema_violation"
+        headers = (
+            ("dlq.source.collector", f"{route}#{index}".encode()),
+            ("dlq.source.tenant", tenant.encode()),
+            ("dlq.failure.type", failure.encode()),
+            ("dlq.error.message", exc.message[:MAX_DLQ_MESSAGE_CHARS].encode("utf-8", "replace")),
+            ("dlq.failure.time", self._now().isoformat().replace("+00:00", "Z").encode()),
+        )
+        return Outgoing(DEAD_LETTER, key, encoded, headers)
 
     # ------------------------------------------------------------------ pixel
     async def _pixel(self, request: web.Request) -> web.Response:
         now = self.clock()
         try:
             hit = verify_pixel(list(request.query.items()), self.keys.pixel_secrets, now)
+            event_type, properties = hit.event_type, {"source": "pixel", **hit.properties}
+            signal = None
+            if event_type == OPEN:
+                signal = machine_open_signal(
+                    user_agent=request.headers.get("User-Agent"),
+                    opened_at=now,
+                    delivered_at=hit.sent_at,
+                    window_s=self.settings.machine_open_window_seconds,
+                )
+                if signal is not None:
+                    event_type, properties["machine_open"] = MACHINE_OPEN, signal
             try:
-                channel = channel_of(hit.event_type)
+                channel = channel_of(event_type)
                 event = CanonicalEvent(
                     event_id=hit.event_id or uuid.uuid4().hex,
                     tenant=hit.tenant,
                     contact_id=hit.contact_id,
-                    type=hit.event_type,
+                    type=event_type,
                     timestamp=datetime.fromtimestamp(now, tz=UTC),
                     account_id=hit.account_id,
-                    properties={"source": "pixel", **hit.properties},
+                    properties=properties,
                 )
             except (ValueError, ValidationError) as exc:
                 raise PixelInvalid("invalid_event", str(exc)) from None
@@ -332,6 +483,14 @@ class Collector:
         except RequestRejected as exc:
             self.metrics.rejected.labels("pixel", exc.reason).inc()
             return web.Response(body=GIF, status=503, headers=NO_CACHE_HEADERS)
+        if signal is not None:
+            self.metrics.machine_opens.labels("pixel", signal).inc()
+        return web.Response(body=GIF, headers=NO_CACHE_HEADERS)
+
+    async def _pixel_head(self, _request: web.Request) -> web.Response:
+        """``HEAD /p.gif``: link scanners and prefetchers check the image; nobody saw it, so
+        nothing is published (the headers are those of the GIF)."""
+        self.metrics.machine_opens.labels("pixel", "head").inc()
         return web.Response(body=GIF, headers=NO_CACHE_HEADERS)
 
     # ------------------------------------------------------------------ webhooks
@@ -354,12 +513,19 @@ class Collector:
                 request.headers.get(SENDGRID_SIGNATURE_HEADER),
                 request.headers.get(SENDGRID_TIMESTAMP_HEADER),
             )
+        machine_opens: list[str] = []
         records, ignored = map_sendgrid(
-            self._json(body), tenant=tenant, contact_field=self.settings.sendgrid_contact_field
+            self._json(body),
+            tenant=tenant,
+            contact_field=self.settings.sendgrid_contact_field,
+            machine_open_window_s=self.settings.machine_open_window_seconds,
+            machine_opens=machine_opens,
         )
         await self._publish("sendgrid", records)
         if ignored:
             self.metrics.events_ignored.labels("sendgrid").inc(ignored)
+        for signal in machine_opens:
+            self.metrics.machine_opens.labels("sendgrid", signal).inc()
         return web.json_response({"success": True, "published": len(records), "ignored": ignored})
 
     async def _mailgun(self, request: web.Request) -> web.Response:
@@ -369,10 +535,16 @@ class Collector:
             raise unauthorized("no Mailgun signing key for this tenant", "no_key")
         webhook = parse_mailgun(self._json(await self._body(request, MAX_WEBHOOK_BYTES)))
         verify_mailgun(signing_key, webhook)
+        machine_opens: list[str] = []
         records = map_mailgun(
-            webhook, tenant=tenant, contact_field=self.settings.mailgun_contact_field
+            webhook,
+            tenant=tenant,
+            contact_field=self.settings.mailgun_contact_field,
+            machine_opens=machine_opens,
         )
         await self._publish("mailgun", records)
+        for signal in machine_opens:
+            self.metrics.machine_opens.labels("mailgun", signal).inc()
         if not records:
             self.metrics.events_ignored.labels("mailgun").inc()
         return web.json_response({"success": True, "published": len(records)})
@@ -382,15 +554,17 @@ class Collector:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        ready = self.publisher.connected.is_set()
+        """200 while the collector can publish: the producer is connected and the broker
+        answered it (an ack or a metadata request) within ``ready_max_age_seconds``; 503
+        otherwise, and from SIGTERM on."""
+        ready = self.publisher.ready
         self.metrics.producer_ready.set(1 if ready else 0)
         return web.json_response(
-            {"ready": ready, "kafka": "connected" if ready else "connecting"},
-            status=200 if ready else 503,
+            {"ready": ready, "kafka": self.publisher.state}, status=200 if ready else 503
         )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        self.metrics.producer_ready.set(1 if self.publisher.connected.is_set() else 0)
+        self.metrics.producer_ready.set(1 if self.publisher.ready else 0)
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )

@@ -152,6 +152,9 @@ class PixelQuery(BaseModel):
     )
     a: str | None = Field(default=None, description="account id")
     x: str | None = Field(default=None, description="expiry, Unix seconds")
+    s: str | None = Field(
+        default=None, description="when the message was sent, Unix seconds (machine opens)"
+    )
     sig: str = Field(description="base64url HMAC-SHA256 of the other parameters")
 
 

@@ -4,7 +4,8 @@ A pixel URL is ``<base>/p.gif?<params>&sig=<signature>``. ``sig`` is the unpadde
 HMAC-SHA256, under the tenant's pixel secret, of the other parameters sorted by name and
 percent-encoded as ``k=v`` pairs joined by ``&``. Parameters: ``t`` tenant, ``c`` contact id,
 ``e`` event type (default ``email.open``), optional ``id`` event id, ``a`` account id, ``x``
-expiry (Unix seconds), and ``p.<name>`` properties (strings). Anything changed, added or
+expiry (Unix seconds), ``s`` the time the message was sent (Unix seconds: an open within
+seconds of it is machine-made), and ``p.<name>`` properties (strings). Anything changed, added or
 removed invalidates the signature, so nobody can forge events for another tenant or contact.
 """
 
@@ -31,7 +32,7 @@ NO_CACHE_HEADERS = {
     "Pragma": "no-cache",
     "Expires": "0",
 }
-_KNOWN = frozenset({"t", "c", "e", "id", "a", "x"})
+_KNOWN = frozenset({"t", "c", "e", "id", "a", "x", "s"})
 _PROPERTY = re.compile(r"^p\.[A-Za-z0-9_.-]{1,64}$")
 MAX_QUERY_PARAMS = 40
 
@@ -58,6 +59,7 @@ def sign_pixel_url(
     event_id: str | None = None,
     account_id: str | None = None,
     expires: int | None = None,
+    sent_at: int | None = None,
     properties: Mapping[str, str] | None = None,
 ) -> str:
     """A signed pixel URL (``base_url`` is the collector's address, without ``/p.gif``)."""
@@ -68,6 +70,8 @@ def sign_pixel_url(
         params.append(("a", account_id))
     if expires is not None:
         params.append(("x", str(int(expires))))
+    if sent_at is not None:
+        params.append(("s", str(int(sent_at))))
     for name, value in (properties or {}).items():
         if not _PROPERTY.match(f"p.{name}"):
             raise ValueError(f"property name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
@@ -86,6 +90,7 @@ class PixelHit:
     event_id: str | None
     account_id: str | None
     properties: dict[str, str]
+    sent_at: int | None = None
 
 
 class PixelInvalid(EngagementIndexError):
@@ -125,6 +130,12 @@ def verify_pixel(
             raise PixelInvalid("malformed", "x is not an integer") from None
         if now_s > expiry:
             raise PixelInvalid("expired", "the URL has expired")
+    sent_at = None
+    if "s" in values:
+        try:
+            sent_at = int(values["s"])
+        except ValueError:
+            raise PixelInvalid("malformed", "s is not an integer") from None
     return PixelHit(
         tenant=values["t"],
         contact_id=values["c"],
@@ -132,4 +143,5 @@ def verify_pixel(
         event_id=values.get("id"),
         account_id=values.get("a"),
         properties={k[2:]: v for k, v in values.items() if k.startswith("p.")},
+        sent_at=sent_at,
     )

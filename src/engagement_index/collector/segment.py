@@ -2,15 +2,18 @@
 
 The mapping of ``track`` event names to canonical types is data: ``config/collector/
 segment-events.yaml``, validated by :class:`EventMap`. Names are matched case-insensitively
-with runs of white space collapsed; an unmapped name becomes ``custom.<slug>`` (``"Signed Up"``
--> ``custom.signed_up``) and travels on the ``custom_channel`` inbound topic, where the worker
-scores it if the tenant's model knows the type and dead-letters it (``unknown_type``) if not.
+with runs of white space collapsed; an unmapped name becomes ``custom.<slug>`` (see
+:func:`slugify`: ``"Signed Up"`` -> ``custom.signed_up``, ``"Café Visité"`` ->
+``custom.cafe_visite-<hash>``) and travels on the ``custom_channel`` inbound topic, where the
+worker scores it if the tenant's model knows the type and dead-letters it (``unknown_type``) if
+not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,18 +42,63 @@ from engagement_index.topology import CHANNELS
 Channel = Literal["web", "email", "social", "commerce", "product"]
 EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
 IDENTITY = "identity"
+DEAD_LETTER = "dead_letter"
 _SPACES = re.compile(r"\s+")
-_SLUG_DROP = re.compile(r"[^a-z0-9_-]+")
+_PLAIN = re.compile(r"[a-z0-9]+(?: [a-z0-9]+)*")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+SLUG_MAX = 64
+SLUG_HASH_CHARS = 12
+#: letters NFKD does not decompose into an ASCII letter and a mark
+_TRANSLITERATE = str.maketrans(
+    {
+        "æ": "ae",
+        "ø": "o",
+        "đ": "d",
+        "ð": "d",
+        "ħ": "h",
+        "\u0131": "i",
+        "ł": "l",
+        "œ": "oe",
+        "þ": "th",
+    }
+)
 
 
 def normalize_name(name: str) -> str:
-    """The lookup form of a track event name: case-folded, white space collapsed."""
-    return _SPACES.sub(" ", name).strip().casefold()
+    """The lookup form of a track event name: NFKC, case-folded, white space collapsed."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return _SPACES.sub(" ", folded).strip()
+
+
+def _has_letter_or_digit(text: str) -> bool:
+    return any(unicodedata.category(ch)[0] in "LN" for ch in text)
 
 
 def slugify(name: str) -> str:
-    """``"Signed Up"`` -> ``"signed_up"``: the action part of ``custom.<name>`` ('' if none)."""
-    return _SLUG_DROP.sub("_", name.lower()).strip("_")[:64].strip("_")
+    """The action part of ``custom.<slug>`` for an unmapped track name ('' if it has no
+    letter or digit in any script). Names that are the same after :func:`normalize_name` get
+    the same slug, different names different slugs:
+
+    - a *plain* name (ASCII letters and digits in words separated by spaces, any case) is its
+      words joined by ``_``: ``"Signed Up"`` -> ``signed_up``;
+    - any other name is transliterated (NFKD, marks dropped, ``æ`` -> ``ae`` ...; other
+      characters separate words), cut to fit, and gets ``-`` plus the first 12 hex digits of
+      the SHA-256 of its normalized form: ``"Café Visité"`` -> ``cafe_visite-<hash>``,
+      ``"登録完了"`` -> ``x-<hash>`` (``x`` when nothing transliterates).
+
+    A plain slug never contains ``-`` and every other slug does, so the two kinds never meet.
+    """
+    norm = normalize_name(name)
+    if not _has_letter_or_digit(norm):
+        return ""
+    if _PLAIN.fullmatch(norm) and len(norm) <= SLUG_MAX:
+        return norm.replace(" ", "_")
+    decomposed = unicodedata.normalize("NFKD", norm.translate(_TRANSLITERATE))
+    ascii_only = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    base = _NOT_ALNUM.sub("_", ascii_only).strip("_")
+    base = base[: SLUG_MAX - SLUG_HASH_CHARS - 1].strip("_") or "x"
+    digest = hashlib.sha256(norm.encode("utf-8")).hexdigest()[:SLUG_HASH_CHARS]
+    return f"{base}-{digest}"
 
 
 class _FrozenModel(BaseModel):
@@ -130,11 +178,13 @@ def load_event_map(path: Path) -> EventMap:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One record to publish: the channel picks the topic (``identity`` -> identities)."""
+    """One record to publish: the channel picks the topic (``identity`` -> identities,
+    ``dead_letter`` -> the dead-letter topic)."""
 
     channel: str
-    key: bytes
+    key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def derived_id(prefix: str, tenant: str, raw: object) -> str:
@@ -271,9 +321,21 @@ def _identity(
         previous_id=msg.previousId if call == "alias" else None,
         account_id=msg.groupId if call == "group" else None,
         timestamp=timestamp,
-        traits=msg.traits,
+        traits=_traits(call, msg),
     )
     return Outgoing(IDENTITY, ContactKey(tenant, contact).encode(), encode_record(record))
+
+
+def _traits(call: str, msg: SegmentMessage) -> dict[str, Any] | None:
+    """``traits``; for ``identify`` also ``context.traits`` (the RudderStack SDKs send the
+    traits only there; the spec allows both), the top-level value winning a conflict. A
+    group's traits are the group's, so ``context.traits`` (the user's) are not read for it."""
+    if call != "identify":
+        return msg.traits
+    context_traits = (msg.context or {}).get("traits")
+    if not isinstance(context_traits, dict) or not context_traits:
+        return msg.traits
+    return {**context_traits, **(msg.traits or {})}
 
 
 def encode_event(event: CanonicalEvent) -> bytes:

@@ -127,6 +127,27 @@ class CollectorSettings(BaseSettings):
     max_event_bytes: int = Field(default=32 * 1024, ge=256)
     max_batch_bytes: int = Field(default=500 * 1024, ge=1024)
     publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    ready_max_age_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="ready while the broker answered (ack or metadata) within this many seconds",
+    )
+    probe_interval_seconds: float = Field(
+        default=1.0, gt=0, description="how often the producer asks the broker for metadata"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="after SIGTERM: in-flight requests finish, the producer closes, then exit",
+    )
+    outage_log_interval_seconds: float = Field(
+        default=30.0, gt=0, description="a broker outage is logged once per interval"
+    )
+    machine_open_window_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="an open this soon after the message was sent or delivered is machine-made",
+    )
     log_level: str = "INFO"
 
     def keys(self) -> CollectorKeys:

@@ -1,6 +1,7 @@
 """Email provider webhooks -> canonical email events: SendGrid Event Webhook and Mailgun.
 
-SendGrid: ``processed``/``delivered`` -> ``email.sent``, ``open`` -> ``email.open``, ``click``
+SendGrid: ``processed``/``delivered`` -> ``email.sent``, ``open`` -> ``email.open`` (or
+``email.machine_open``, see ``engagement_index.collector.machine``), ``click``
 -> ``email.click``, ``bounce``/``dropped`` -> ``email.bounce``, ``unsubscribe``/
 ``group_unsubscribe``/``spamreport`` -> ``email.unsubscribe``; other events (``deferred``,
 ``group_resubscribe``, account events) are acknowledged and not published.
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import ValidationError
 
 from engagement_index.collector.errors import RequestRejected, invalid, message_of, unauthorized
+from engagement_index.collector.machine import MACHINE_OPEN, OPEN, machine_open_signal
 from engagement_index.collector.models import MailgunWebhook, SendGridEvent
 from engagement_index.collector.segment import Outgoing, derived_id, encode_event
 from engagement_index.core.events import CanonicalEvent, ContactKey
@@ -125,12 +127,37 @@ def _error(exc: ValidationError, prefix: str) -> RequestRejected:
     return invalid(path.lstrip("."), message_of(err))
 
 
-def map_sendgrid(payload: Any, *, tenant: str, contact_field: str) -> tuple[list[Outgoing], int]:
-    """A SendGrid webhook body -> (records to publish, number of ignored events)."""
+def _delivered_at(payload: list[Any]) -> dict[str, int]:
+    """``sg_message_id`` -> the earliest ``delivered`` time in the same POST."""
+    out: dict[str, int] = {}
+    for item in payload:
+        if not isinstance(item, dict) or item.get("event") != "delivered":
+            continue
+        message_id, ts = item.get("sg_message_id"), item.get("timestamp")
+        if isinstance(message_id, str) and isinstance(ts, int) and not isinstance(ts, bool):
+            out[message_id] = min(ts, out.get(message_id, ts))
+    return out
+
+
+def map_sendgrid(
+    payload: Any,
+    *,
+    tenant: str,
+    contact_field: str,
+    machine_open_window_s: float = 10.0,
+    machine_opens: list[str] | None = None,
+) -> tuple[list[Outgoing], int]:
+    """A SendGrid webhook body -> (records to publish, number of ignored events).
+
+    An ``open`` that looks machine-made (``sg_machine_open``, a proxy user agent, or within
+    ``machine_open_window_s`` of a ``delivered`` event of the same message in this POST) is
+    an ``email.machine_open``; its signal is appended to ``machine_opens`` when given.
+    """
     if not isinstance(payload, list):
         raise invalid(None, "the SendGrid Event Webhook body must be a JSON array")
     out: list[Outgoing] = []
     ignored = 0
+    delivered = _delivered_at(payload)
     for i, item in enumerate(payload):
         where = f"[{i}]"
         if not isinstance(item, dict):
@@ -149,6 +176,19 @@ def map_sendgrid(payload: Any, *, tenant: str, contact_field: str) -> tuple[list
         for key in _SENDGRID_PROPERTIES:
             if extra.get(key) is not None:
                 properties[key] = extra[key]
+        if event_type == OPEN:
+            signal = machine_open_signal(
+                user_agent=extra.get("useragent"),
+                opened_at=event.timestamp,
+                delivered_at=delivered.get(event.sg_message_id or ""),
+                window_s=machine_open_window_s,
+                provider_flag=extra.get("sg_machine_open") is True,
+            )
+            if signal is not None:
+                event_type = MACHINE_OPEN
+                properties["machine_open"] = signal
+                if machine_opens is not None:
+                    machine_opens.append(signal)
         try:
             canonical = CanonicalEvent(
                 event_id=event.sg_event_id or derived_id("sg", tenant, item),
@@ -185,14 +225,30 @@ def parse_mailgun(payload: Any) -> MailgunWebhook:
         raise _error(exc, "") from None
 
 
-def map_mailgun(webhook: MailgunWebhook, *, tenant: str, contact_field: str) -> list[Outgoing]:
-    """A verified Mailgun webhook -> zero or one record."""
+def map_mailgun(
+    webhook: MailgunWebhook,
+    *,
+    tenant: str,
+    contact_field: str,
+    machine_opens: list[str] | None = None,
+) -> list[Outgoing]:
+    """A verified Mailgun webhook -> zero or one record (an ``opened`` event whose
+    ``client-info.user-agent`` is a known image proxy is an ``email.machine_open``)."""
     data = webhook.event_data
     event_type = MAILGUN_TYPES.get(data.event)
     if data.event == "failed" and data.severity == "permanent":
         event_type = "email.bounce"
     if event_type is None:
         return []
+    signal = None
+    if event_type == OPEN:
+        client_info = (data.model_extra or {}).get("client-info")
+        if isinstance(client_info, dict):
+            signal = machine_open_signal(user_agent=client_info.get("user-agent"))
+        if signal is not None:
+            event_type = MACHINE_OPEN
+            if machine_opens is not None:
+                machine_opens.append(signal)
     variables = data.user_variables or {}
     contact = _contact(
         variables.get(contact_field), data.recipient, contact_field, "event-data.recipient"
@@ -210,6 +266,8 @@ def map_mailgun(webhook: MailgunWebhook, *, tenant: str, contact_field: str) -> 
         properties["tags"] = data.tags
     if data.severity:
         properties["severity"] = data.severity
+    if signal is not None:
+        properties["machine_open"] = signal
     try:
         canonical = CanonicalEvent(
             event_id=data.id,

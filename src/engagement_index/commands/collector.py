@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sign.add_argument("--account", help="account id")
     sign.add_argument("--expires-in", type=int, help="seconds until the URL stops counting")
     sign.add_argument(
+        "--sent-at",
+        type=int,
+        help="when the message is sent (Unix seconds; 'now' if 0): an open within "
+        "ENGAGEMENT_INDEX_COLLECTOR_MACHINE_OPEN_WINDOW_SECONDS of it is a machine open",
+    )
+    sign.add_argument(
         "--property", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
     )
     sign.add_argument(
@@ -107,6 +113,7 @@ def _sign(args: argparse.Namespace) -> int:
             event_id=args.id,
             account_id=args.account,
             expires=int(time.time()) + args.expires_in if args.expires_in else None,
+            sent_at=(args.sent_at or int(time.time())) if args.sent_at is not None else None,
             properties=properties,
         )
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from engagement_index.collector.segment import (
     slugify,
 )
 from engagement_index.core.events import parse_event
+from engagement_index.core.model import EVENT_TYPE_PATTERN
 from engagement_index.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -47,7 +49,9 @@ def mapped(raw: dict[str, Any], **kwargs: Any) -> tuple[str, dict[str, Any]]:
         ("Email Link Clicked", "email.click"),
         ("Unsubscribed", "email.unsubscribe"),
         ("Signed Up", "custom.signed_up"),
-        ("Plan: Upgraded (Pro)!", "custom.plan_upgraded_pro"),
+        ("Plan: Upgraded (Pro)!", "custom.plan_upgraded_pro-cc7a203be2c7"),
+        ("Café Visité", "custom.cafe_visite-31bbba0f67b9"),
+        ("登録完了", "custom.x-69cccc070343"),
     ],
 )
 def test_track_names_map_to_types(name: str, event_type: str) -> None:
@@ -118,6 +122,41 @@ def test_missing_message_id_is_derived_deterministically() -> None:
     assert mapped({**raw, "event": "Y"})[1]["event_id"] != first["event_id"]
 
 
+def test_identify_traits_are_read_from_context_traits_too() -> None:
+    # the RudderStack Python SDK sends identify traits only as context.traits
+    _, rudder = mapped(
+        {
+            "type": "identify",
+            "userId": "u",
+            "messageId": "m",
+            "context": {"traits": {"plan": "pro", "email": "a@example.test"}, "library": {}},
+        }
+    )
+    assert rudder["traits"] == {"plan": "pro", "email": "a@example.test"}
+    # Segment's SDK sends them top level; both: the top-level value wins a conflict
+    _, both = mapped(
+        {
+            "type": "identify",
+            "userId": "u",
+            "messageId": "m",
+            "traits": {"plan": "enterprise"},
+            "context": {"traits": {"plan": "pro", "seats": 3}},
+        }
+    )
+    assert both["traits"] == {"plan": "enterprise", "seats": 3}
+    # a group's traits are the group's: the user's context.traits are not taken for them
+    _, group = mapped(
+        {
+            "type": "group",
+            "userId": "u",
+            "groupId": "g",
+            "messageId": "m",
+            "context": {"traits": {"plan": "pro"}},
+        }
+    )
+    assert "traits" not in group
+
+
 def test_identify_alias_group_go_to_the_identity_topic() -> None:
     channel, record = mapped(
         {"type": "identify", "userId": "u", "anonymousId": "a", "messageId": "m", "traits": {}}
@@ -153,7 +192,52 @@ def test_invalid_messages_name_the_field(raw: dict[str, Any], field: str) -> Non
 def test_slugify() -> None:
     assert slugify("Signed Up") == "signed_up"
     assert slugify("  ") == ""
+    assert slugify("!!! ???") == ""
     assert len(slugify("x" * 300)) == 64
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["登録完了", "Регистрация", "تسجيل", "ثبت‌نام", "٣", "Ωmega", "ñ"],
+)
+def test_a_name_with_letters_or_digits_in_any_script_gets_a_type(name: str) -> None:
+    slug = slugify(name)
+    assert slug, name
+    assert re.fullmatch(EVENT_TYPE_PATTERN, f"custom.{slug}")
+    assert EVENT_MAP.track_type(name) == f"custom.{slug}"
+
+
+def test_slugs_are_the_same_for_the_same_name_and_differ_otherwise() -> None:
+    same = ["Café Visité", "café  visité", "CAFÉ VISITÉ", "Cafe\u0301 Visite\u0301"]
+    assert len({slugify(name) for name in same}) == 1
+    names = [
+        "Cafe Visite",
+        "Café Visité",
+        "Cafe_Visite",
+        "cafe-visite",
+        "Café: Visité!",
+        "cafe visite 31bbba0f67b9",
+        "登録完了",
+        "登録",
+        "Регистрация",
+        "Регистрация!",
+        "x" * 80,
+        "x" * 81,
+        "Straße",
+        "Strasse ",
+    ]
+    slugs = [slugify(name) for name in names]
+    # every name but the last (the same as "Straße" once case-folded) has its own slug
+    assert len(set(slugs[:-1])) == len(names) - 1, dict(zip(names, slugs, strict=True))
+    assert slugs[-1] == slugs[-2] == "strasse"
+
+
+def test_plain_slugs_and_hashed_slugs_never_meet() -> None:
+    # a plain name is only ASCII letters, digits and spaces: its slug has no "-"; every other
+    # name's slug ends in "-" and a hash, so no plain name can take another name's slug
+    assert "-" not in slugify("cafe visite 31bbba0f67b9")
+    assert slugify("Café Visité").rsplit("-", 1)[1] == "31bbba0f67b9"
+    assert slugify("Cafe Visite") == "cafe_visite"
 
 
 def test_event_map_rejects_unknown_keys_bad_channels_and_collisions(tmp_path: Path) -> None:
