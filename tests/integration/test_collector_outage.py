@@ -28,15 +28,24 @@ from tests.kafka_harness import LocalBroker
 
 pytestmark = pytest.mark.integration
 
-DEFAULTS = CollectorSettings()
+#: the documented figures (docs/collector.md), with the collector's default settings:
+READY_MAX_AGE_S = 5.0  # ready_max_age_seconds
+PROBE_INTERVAL_S = 1.0  # probe_interval_seconds
+GRACE_S = 15.0  # shutdown_grace_seconds
 #: /readyz answers 503 at most this long after the broker stopped answering: the readiness
-#: window, one probe interval and the probe's own 1 s timeout (docs/collector.md)
-READY_BOUND_S = DEFAULTS.ready_max_age_seconds + DEFAULTS.probe_interval_seconds + 1.0
+#: window, one probe interval and the probe's own 1 s timeout
+READY_BOUND_S = READY_MAX_AGE_S + PROBE_INTERVAL_S + 1.0
 #: ... and 200 again at most this long after the broker is back (it accepts clients)
-RECOVERY_BOUND_S = 2 * DEFAULTS.probe_interval_seconds + 1.0
-GRACE_S = DEFAULTS.shutdown_grace_seconds
+RECOVERY_BOUND_S = 2 * PROBE_INTERVAL_S + 1.0
 #: log lines of a 20 s outage under traffic (before: about 30 a second)
 MAX_OUTAGE_LOG_LINES = 20
+
+
+def test_the_figures_are_the_defaults() -> None:
+    defaults = CollectorSettings()
+    assert defaults.ready_max_age_seconds == READY_MAX_AGE_S
+    assert defaults.probe_interval_seconds == PROBE_INTERVAL_S
+    assert defaults.shutdown_grace_seconds == GRACE_S
 
 
 class Broker:

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from engagement_index.errors import BrokerError
 from engagement_index.kafka_security import access_problem, aiokafka_options
@@ -294,7 +293,10 @@ class Publisher:
         """Close the producer within ``timeout_s``; returns the number of records given up.
 
         Called once the HTTP side has answered every request: a record still queued then
-        belongs to a request that was answered 503, so it is given up rather than flushed.
+        belongs to a request that was answered 503. The producer drops such a record as soon as
+        a send of it fails after its publish timeout (within ``retry_backoff`` while the broker
+        is down), so closing takes about that long; past ``timeout_s`` the producer is left
+        unclosed and whatever it still holds is given up.
         """
         self.stopping = True
         if self._task is not None and not self._task.done():
@@ -304,15 +306,18 @@ class Publisher:
         producer, self._producer = self._producer, None
         if producer is None:
             return 0
-        abandoned = sum(1 for future in self._pending if not future.done())
-        accumulator = getattr(producer, "_message_accumulator", None)
-        if abandoned and accumulator is not None:
-            accumulator.fail_all(KafkaError("the collector stopped; the request was answered 503"))
-            log.warning("stopping: gave up %d queued records of requests answered 503", abandoned)
+        queued = sum(1 for future in self._pending if not future.done())
+        if queued:
+            log.warning(
+                "stopping: %d records of requests answered 503 are still queued; they are "
+                "dropped, not waited for",
+                queued,
+            )
         try:
             async with asyncio.timeout(timeout_s):
                 await producer.stop()
         except TimeoutError:
             log.warning("stopping: the Kafka producer did not close within %.1fs", timeout_s)
+        given_up = sum(1 for future in self._pending if not future.done())
         self._pending.clear()
-        return abandoned
+        return given_up
