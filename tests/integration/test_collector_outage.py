@@ -2,19 +2,22 @@
 SIGTERM that ends the process within the grace period.
 
 Uses a broker of its own (stopped and restarted by the tests), not the session broker. The
-collector runs with its default readiness, logging and shutdown settings; only the publish
-timeout is 3 s, as in the other collector tests.
+collector runs with its default readiness, logging and shutdown settings; the publish timeout
+is 3 s as in the other collector tests, but 10 s (the default) for the SIGTERM test.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -65,6 +68,16 @@ class Broker:
             assert done.returncode == 0, done.stdout + done.stderr
             self.running = False
 
+    def _signal(self, sig: signal.Signals) -> None:
+        os.kill(int((self.local.state_dir / "kafka.pid").read_text().strip()), sig)
+
+    def freeze(self) -> None:
+        """The broker stops answering but its sockets stay open (a hung host, a partition)."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
@@ -77,10 +90,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 class Traffic:
-    """Senders posting track calls as fast as they are answered, counting the statuses."""
+    """Senders posting track calls as fast as they are answered, each on one keep-alive
+    connection as the SDKs send (a new connection after an error), counting the statuses."""
 
     def __init__(self, url: str, senders: int = 4) -> None:
-        self.url = url
+        self.address = urlsplit(url).netloc
         self.statuses: Counter[int] = Counter()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -92,33 +106,33 @@ class Traffic:
 
     def _send(self, sender: int) -> None:
         n = 0
+        conn = http.client.HTTPConnection(self.address, timeout=30)
+        headers = {"Authorization": basic("wk"), "Content-Type": "application/json"}
         while not self._stop.is_set():
             n += 1
-            body = {
-                "userId": f"u-{sender}",
-                "event": "Order Completed",
-                "messageId": f"{sender}-{n}",
-            }
+            body = {"userId": f"u-{sender}", "event": "Order Completed", "messageId": f"{n}"}
             try:
-                status = request(
-                    self.url + "/v1/track",
-                    json.dumps(body).encode(),
-                    {"Authorization": basic("wk")},
-                )[0]
-            except OSError:
-                status = 0  # the collector has stopped
+                conn.request("POST", "/v1/track", json.dumps(body).encode(), headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                status = 0  # the collector closed the connection, or has stopped
+                conn.close()
+                conn = http.client.HTTPConnection(self.address, timeout=30)
             with self._lock:
                 self.statuses[status] += 1
             time.sleep(0.02)
+        conn.close()
 
     def stop(self) -> Counter[int]:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=40)
         return self.statuses
 
 
-def _collector(broker: Broker, tmp: Path) -> CollectorProcess:
+def _collector(broker: Broker, tmp: Path, **env: str) -> CollectorProcess:
     broker.start()
     topology_file = _private_topology(tmp, "outage")
     ensure_topics(
@@ -127,7 +141,7 @@ def _collector(broker: Broker, tmp: Path) -> CollectorProcess:
     keys = tmp / "keys.yaml"
     keys.write_text(yaml.safe_dump({"write_keys": {"wk": "t"}}))
     collector = CollectorProcess(
-        broker.local.bootstrap_servers, topology_file, keys, tmp / "collector.log"
+        broker.local.bootstrap_servers, topology_file, keys, tmp / "collector.log", **env
     )
     collector.wait("/readyz", 200)
     return collector
@@ -184,16 +198,30 @@ def test_readiness_follows_the_broker_and_an_outage_logs_a_few_lines(
     assert set(statuses) <= {200, 503}, statuses
 
 
+@pytest.mark.parametrize(
+    ("outage", "outage_s"),
+    [
+        ("stopped", 1.5),  # requests are waiting for acks that will not come
+        ("stopped", 12.0),  # requests were answered 503 after the publish timeout
+        ("frozen", 12.0),  # the broker hangs: connections open, nothing answered
+    ],
+)
 def test_sigterm_during_an_outage_exits_within_the_grace_period(
-    broker: Broker, tmp_path: Path
+    broker: Broker, tmp_path: Path, outage: str, outage_s: float
 ) -> None:
-    collector = _collector(broker, tmp_path)
+    # the default publish timeout (10 s), as a user runs it
+    collector = _collector(
+        broker, tmp_path, ENGAGEMENT_INDEX_COLLECTOR_PUBLISH_TIMEOUT_SECONDS="10"
+    )
     traffic = Traffic(collector.url)
     try:
         time.sleep(2)
         offset = collector.log.stat().st_size
-        broker.stop()
-        time.sleep(1.5)  # requests are waiting for acks that will not come
+        if outage == "frozen":
+            broker.freeze()
+        else:
+            broker.stop()
+        time.sleep(outage_s)
         began = time.monotonic()
         collector.proc.send_signal(signal.SIGTERM)
         try:
@@ -202,6 +230,8 @@ def test_sigterm_during_an_outage_exits_within_the_grace_period(
             code = None
         took = time.monotonic() - began
     finally:
+        if outage == "frozen":
+            broker.thaw()
         traffic.stop()
         collector.stop()
     lines = _lines_since(collector.log, offset)
