@@ -38,3 +38,14 @@ class BrokerError(EngagementIndexError):
 
 class StateDecodeError(EngagementIndexError):
     """A stored contact state or contact key cannot be decoded."""
+
+
+class BatchWriteError(BrokerError):
+    """A batch's outputs or changelog records were not acknowledged: the batch is retried.
+
+    ``step`` is ``outputs`` or ``changelog``. Nothing of the batch is committed past it.
+    """
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(f"{step} not acknowledged by the broker: {cause!r}")
+        self.step = step

@@ -64,6 +64,29 @@ class Metrics:
         self.decay_ticks = Counter(
             "engagement_decay_ticks_total", "Decay wake-ups sent by the timer.", registry=r
         )
+        self.decay_held_partitions = Gauge(
+            "engagement_decay_held_partitions",
+            "Partitions whose decay wake-ups wait until their event sources are read to the end.",
+            registry=r,
+        )
+        self.partition_forwards = Counter(
+            "engagement_partition_forwards_total",
+            "Inbound records that arrived on another partition than their contact's and were "
+            "forwarded to it through the re-key topic, by channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "engagement_batch_failures_total",
+            "Batches that failed and were retried, by the step that failed.",
+            ["step"],  # outputs | changelog | score
+            registry=r,
+        )
+        self.model_migrations = Counter(
+            "engagement_model_migrations_total",
+            "Contacts whose state was migrated to a changed model (component set or fingerprint).",
+            registry=r,
+        )
         self.recovery_remaining = Gauge(
             "engagement_recovery_remaining_records",
             "Changelog records still to apply before this worker is ready.",

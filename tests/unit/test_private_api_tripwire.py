@@ -155,7 +155,6 @@ MEMBERS: tuple[Member, ...] = (
     Member("faust-streaming", CONSUMER, "perform_seek", "override", "(self)", "await",
            ours=BULK_CONSUMER, called_from=f"{RECOVERY}._resume_streams"),
     Member("faust-streaming", CONSUMER, "_read_offset", "attribute"),
-    Member("faust-streaming", CONSUMER, "_committed_offset", "attribute"),
     Member("faust-streaming", CONSUMER, "_commit_every", "attribute"),
     Member("faust-streaming", CONSUMER, "_n_acked", "attribute"),
     Member("faust-streaming", CONSUMER, "_add_gap", "method",

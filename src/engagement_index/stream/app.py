@@ -3,18 +3,20 @@
 Ordering and delivery (see docs/streaming.md):
 * One agent reads every scoring source (inbound channels, re-key topic, tick topic); they are
   co-partitioned, so a contact's records all arrive on one partition number of this worker.
-* Per batch: outputs are sent and acknowledged first, then the tables are written, then the
-  batch's offsets become committable. State is never ahead of published outputs.
+* Per batch: outputs are sent and acknowledged first, then the tables are written and their
+  changelog records acknowledged (``stream/transaction.py``), then the batch's offsets become
+  committable. State is never ahead of published outputs, the changelog never behind a
+  committed offset; a failed send fails the batch, which is retried.
 * Decay: a per-worker timer pops due contacts from the in-memory due-time index and sends a
   wake-up to the tick topic on the contact's partition; the agent applies it in stream context
   (Faust forbids table writes from timers). The index is rebuilt from the local table after
-  every recovery; the timer never iterates contacts.
+  every recovery; the timer never iterates contacts, and holds back the wake-ups of a partition
+  while its event sources have unread records (a backlog).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
 import time
@@ -26,20 +28,20 @@ import faust
 from faust.exceptions import SameNode
 from faust.types import TP
 from faust.web import Request, Response, View
-from rocksdict import WriteBatch
 
 from engagement_index import __version__
 from engagement_index.core.events import ContactKey
 from engagement_index.core.lifecycle import evaluate
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.state import decode_state, peek_state
+from engagement_index.errors import BatchWriteError
 from engagement_index.kafka_security import ssl_context
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
 from engagement_index.stream.due_index import DueIndex
-from engagement_index.stream.produce import SentGroup, send_batched
+from engagement_index.stream.produce import send_batched
 from engagement_index.stream.scoring import (
     BatchScorer,
     InboundRecord,
@@ -47,6 +49,7 @@ from engagement_index.stream.scoring import (
     encode_tick,
 )
 from engagement_index.stream.stored import StoredContact
+from engagement_index.stream.transaction import TableTransaction
 from engagement_index.topology import Topology
 
 log = logging.getLogger("engagement_index.worker")
@@ -55,12 +58,6 @@ log = logging.getLogger("engagement_index.worker")
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch, from the wall clock (I/O layer only)."""
     return time.time_ns() // 1_000_000
-
-
-def _persist_offset(store: Any, group: SentGroup, future: Any) -> None:
-    """Keep the offset of the last acknowledged changelog record in the table's database."""
-    if not future.cancelled() and future.exception() is None:
-        store.set_persisted_offset(TP(group.topic, group.partition), group.last_offset())
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -117,8 +114,8 @@ class Worker:
         self.due = DueIndex()
         self.stage_counts: CounterDict[str] = CounterDict()
         self.recovered = False
-        self._processed: dict[TP, int] = {}
         ticks = topology.internal.ticks.name
+        #: the sources that carry events: a partition's decay wake-ups wait until all are read
         self._data_sources = [t for t in topology.scoring_sources if t != ticks]
         self.scorer = BatchScorer(
             model=model,
@@ -216,8 +213,10 @@ class Worker:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 attempt += 1
+                step = exc.step if isinstance(exc, BatchWriteError) else "score"
+                self.metrics.batch_failures.labels(step=step).inc()
                 self.metrics.errors.labels(where="batch").inc()
                 delay = min(30.0, 0.5 * 2**attempt)
                 log.exception(
@@ -253,10 +252,16 @@ class Worker:
             return bytes(value) if value is not None else None
 
         outcome = self.scorer.process(records, load_contact, load_history)
-        processed = self._processed
-        await self._send_all(outcome.sends)
-        await self._write_table(self.contacts, outcome.contact_writes, records)
-        await self._write_table(self.history, outcome.history_writes, records)
+        try:
+            await self._send_all(outcome.sends)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise BatchWriteError("outputs", exc) from exc
+        transaction = TableTransaction(self._aio_producer())
+        transaction.stage(self.contacts, outcome.contact_writes, lambda i: records[i].partition)
+        transaction.stage(self.history, outcome.history_writes, lambda i: records[i].partition)
+        await transaction.commit()
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         for old, new in outcome.stage_moves:
@@ -264,53 +269,12 @@ class Worker:
                 self.stage_counts[old] -= 1
             if new is not None:
                 self.stage_counts[new] += 1
-        for record in records:
-            processed[TP(record.topic, record.partition)] = record.offset
         self._publish_gauges()
         now = self.clock_ms()
         self.metrics.batch_size.observe(len(records))
         observe = self.metrics.processing_latency.observe
         for ts in outcome.latency_from_ms:
             observe(max(0.0, (now - ts) / 1000))
-
-    async def _write_table(
-        self,
-        table: Any,
-        writes: dict[bytes, tuple[int, bytes | None]],
-        records: Sequence[InboundRecord],
-    ) -> None:
-        """Store ``writes`` (None: delete) and produce their changelog records.
-
-        What a Faust table does per key, for a batch: one RocksDB write batch per partition,
-        the changelog record (raw key and value, tombstone for a delete) on the same partition,
-        and, once acknowledged, the offset of the last one kept in the partition's database
-        (where recovery starts reading). The sends are not awaited here: Faust's commit
-        flushes the producer before it commits the batch's offsets.
-        """
-        if not writes:
-            return
-        store = table.data
-        key_index = store._key_index
-        topic = table.changelog_topic.get_topic_name()
-        batches: dict[int, WriteBatch] = {}
-        changelog: list[tuple[str, bytes | None, bytes | None, int | None, None]] = []
-        for key, (index, value) in writes.items():
-            partition = records[index].partition
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = WriteBatch(raw_mode=True)
-            if value is None:  # erased: a tombstone in the changelog
-                batch.delete(key)
-                key_index.pop(key, None)
-            else:
-                batch.put(key, value)
-                key_index[key] = partition
-            changelog.append((topic, key, value, partition, None))
-        for partition, batch in batches.items():
-            store._db_for_partition(partition).write(batch)
-        groups = await send_batched(self._aio_producer(), changelog)
-        for group in groups:
-            group.future.add_done_callback(functools.partial(_persist_offset, store, group))
 
     def _aio_producer(self) -> Any:
         """The aiokafka producer under Faust's producer (started with the app)."""
@@ -332,7 +296,11 @@ class Worker:
         if not self.recovered:
             return
         try:
-            due = self.due.pop_due(self.clock_ms(), int(self.settings.tick_retry_seconds * 1000))
+            held = [p for p in self.due.partitions() if not await self._caught_up(p)]
+            self.metrics.decay_held_partitions.set(len(held))
+            due = self.due.pop_due(
+                self.clock_ms(), int(self.settings.tick_retry_seconds * 1000), skip=held
+            )
             ticks = [
                 OutboundRecord(
                     self.topology.internal.ticks.name, key, encode_tick(due_ms), (), partition
@@ -347,22 +315,28 @@ class Worker:
             self.metrics.errors.labels(where="timer").inc()
             log.exception("decay timer failed; retrying on the next tick")
 
-    def _caught_up(self, partition: int) -> bool:
-        """True when every data source of ``partition`` has been processed to its end.
+    async def _caught_up(self, partition: int) -> bool:
+        """True when every event source of ``partition`` has been read to its end.
 
-        Decay wake-ups wait for this: while a backlog is processed, a contact's next event may
+        Decay wake-ups wait for this: while a backlog is read, a contact's next event may
         still be in it, and an event that precedes the crossing must be applied first (as the
-        offline replay does). Without a backlog, wake-ups go out within a timer interval.
+        offline replay does). "Read to its end": the consumer's position (the next offset it
+        hands out) has reached the highwater of the partition's last fetch response. Records
+        handed out but still being scored are no obstacle: a wake-up sent now is a record of
+        the tick topic, scored in a later batch than they are, and it is applied only if the
+        contact is still due then. Without a backlog, wake-ups go out within a timer interval.
         """
         consumer: Any = self.app.consumer
         for topic in self._data_sources:
             tp = TP(topic, partition)
             highwater = consumer.highwater(tp)
             if highwater is None:
-                return False
-            done = self._processed.get(tp)
-            position = done + 1 if done is not None else consumer._committed_offset.get(tp)
-            if highwater > (position or 0):
+                return False  # not fetched yet since the assignment
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
+            except (TimeoutError, AssertionError, ValueError):
+                return False  # being reset, or not assigned (a rebalance): hold
+            if position is None or position < highwater:
                 return False
         return True
 
@@ -375,7 +349,6 @@ class Worker:
         started = time.monotonic()
         self.due = DueIndex()
         self.stage_counts = CounterDict()
-        self._processed.clear()
         store: Any = self.contacts.data
         topic = self.contacts.changelog_topic.get_topic_name()
         owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]

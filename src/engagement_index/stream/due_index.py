@@ -9,7 +9,7 @@ timer never scans the contacts.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 
 class DueIndex:
@@ -33,14 +33,8 @@ class DueIndex:
         keys[key] = due_ms
         heapq.heappush(self._heap.setdefault(partition, []), (due_ms, key))
 
-    def drop_partitions(self, partitions: Iterable[int]) -> None:
-        """Forget partitions this worker no longer owns."""
-        for partition in partitions:
-            self._due.pop(partition, None)
-            self._heap.pop(partition, None)
-
     def partitions(self) -> list[int]:
-        """Partitions with at least one entry."""
+        """Partitions with at least one entry (the decay timer checks only these)."""
         return [p for p, keys in self._due.items() if keys]
 
     def pop_due(

