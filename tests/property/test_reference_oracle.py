@@ -56,8 +56,11 @@ MODELS = {name: _models(name) for name in MODEL_FILES}
 # (what, contact, event type, amount)
 op = st.tuples(
     st.sampled_from(
-        ("burst", "burst", "event", "event", "late", "late", "quiet", "duplicate", "wake", "look")
-        + ("decay then late",) * 2
+        (
+            *("burst", "burst", "event", "event", "late", "late", "quiet", "duplicate"),
+            *("wake", "look", "decay then late", "decay then late"),
+            *("at the crossing", "at the crossing"),
+        )
     ),
     st.integers(0, len(CONTACTS) - 1),
     st.sampled_from((*TYPES, "commerce.purchase", "email.unsubscribe")),
@@ -90,7 +93,10 @@ def _traffic(
     one of the contact's last three records again (well within the 16 most recent ids);
     ``wake``: the worker's timer for the contact; ``look``: a snapshot, as the API answers;
     ``decay then late``: a burst, a wake-up long after it (a decay if the burst reached the
-    upper stage), then an event timestamped between the two (a late event at the clock).
+    upper stage), then an event timestamped between the two (a late event at the clock);
+    ``at the crossing``: an event 1-2 ms before the contact's decay time ``tau``, then one at,
+    just before or just after the next ``tau`` (the test asks the reference for ``tau``:
+    ``crossing`` items carry the event id and type, and the offset from ``tau``).
     """
     now = T0
     sent: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -125,10 +131,29 @@ def _traffic(
             recent = sent[contact][-3:]
             if recent:
                 out.append(("record", contact, recent[amount % len(recent)], now))
+        elif what == "at the crossing":  # one just before tau, one around the next tau
+            out.append(("crossing", contact, f"e-{n}-a {etype}", -1 - amount % 2))
+            offset = (-1, 0, 1, amount % max(1, unit // 50))[(amount >> 1) % 4]
+            out.append(("crossing", contact, f"e-{n}-b email.open", offset))
         else:  # wake, look
             now += amount % (5 * unit)
             out.append((what, contact, "", now))
     return out
+
+
+def _resolve(
+    item: tuple[str, tuple[str, str], str, int], reference: ref.Reference
+) -> tuple[str, tuple[str, str], str, int] | None:
+    """A ``crossing`` item as a record at ``tau + offset`` (None without a pending decay)."""
+    what, contact, raw, at = item
+    if what != "crossing":
+        return item
+    known = reference.contacts.get(contact)
+    tau = None if known is None else reference.next_decay_time(known)
+    if tau is None:
+        return None
+    event_id, etype = raw.split(" ")
+    return ("record", contact, _record(event_id, contact, etype, tau + at), tau + at)
 
 
 def _check(problems: list[str], context: object) -> None:
@@ -136,7 +161,7 @@ def _check(problems: list[str], context: object) -> None:
 
 
 @pytest.mark.parametrize("model_file", MODEL_FILES)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(ops=ops_strategy)
 def test_core_step_advance_evaluate_equal_the_reference(
     model_file: str, ops: list[tuple[str, int, str, int]]
@@ -145,7 +170,11 @@ def test_core_step_advance_evaluate_equal_the_reference(
     reference = ref.Reference(models.reference)
     states: dict[tuple[str, str], ContactState] = {}
     decayed_at: dict[tuple[str, str], int] = {}  # contacts whose clock a wake-up moved
-    for what, contact, raw, at in _traffic(ops, models.unit_ms):
+    for item in _traffic(ops, models.unit_ms):
+        resolved = _resolve(item, reference)
+        if resolved is None:
+            continue
+        what, contact, raw, at = resolved
         if what == "record":
             state = states.get(contact)
             new, transitions = step(state, parse_event(raw), models.core)
@@ -172,16 +201,17 @@ def test_core_step_advance_evaluate_equal_the_reference(
         if contact not in reference.ambiguous:
             got_t = [t.model_dump(mode="json") for t in transitions]
             _check(transition_mismatches(got_t, want), (what, contact, raw, at))
-    end = max((s.clock_ms for s in states.values()), default=T0) + 30 * models.unit_ms
-    for contact, state in states.items():
-        if contact in reference.ambiguous:
-            continue
-        got = evaluate(state, end, models.core).model_dump(mode="json")
-        _check(snapshot_mismatches(got, reference.snapshot(contact, end)), ("end", contact))
+    last = max((s.clock_ms for s in states.values()), default=T0)
+    for end in (last + 3_600_000, last + 30 * models.unit_ms):
+        for contact, state in states.items():
+            if contact in reference.ambiguous:
+                continue
+            got = evaluate(state, end, models.core).model_dump(mode="json")
+            _check(snapshot_mismatches(got, reference.snapshot(contact, end)), ("end", contact))
 
 
 @pytest.mark.parametrize("model_file", MODEL_FILES)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(ops=ops_strategy, extra=st.integers(0, 40))
 def test_replay_equals_the_reference(
     model_file: str, ops: list[tuple[str, int, str, int]], extra: int
@@ -191,9 +221,11 @@ def test_replay_equals_the_reference(
     replayer = Replayer(models.core)
     got_all: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
     want_all: dict[tuple[str, str], list[ref.RefTransition]] = defaultdict(list)
-    for what, contact, raw, _ in _traffic(ops, models.unit_ms):
-        if what != "record":
+    for item in _traffic(ops, models.unit_ms):
+        resolved = _resolve(item, reference)
+        if resolved is None or resolved[0] != "record":
             continue
+        _, contact, raw, _ = resolved
         got_all[contact].extend(t.model_dump(mode="json") for t in replayer.feed(raw))
         want_all[contact].extend(reference.feed(raw))
     assert replayer.max_event_ms == reference.max_event_ms

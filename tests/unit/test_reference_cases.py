@@ -204,8 +204,8 @@ def test_negative_points_activity_days_and_late_first_seen() -> None:
     three.feed(record("u", "email.unsubscribe", T0))
     three.feed(record("c", "email.click", T0 + DAY))
     three.feed(record("v", "web.page_view", T0 + 2 * DAY))
-    (nothing,) = [three.feed(record("old", "web.page_view", T0 - 40 * DAY))]
-    assert nothing == []
+    three.feed(record("s", "email.sent", T0 + 5 * DAY))  # 0 points: not an active day
+    assert three.feed(record("old", "web.page_view", T0 - 40 * DAY)) == []  # late, long ago
     at = T0 + 10 * DAY
     snap = three.look(at)
     d_email = -10 * 2 ** (-10 / 14) + 3 * 2 ** (-9 / 14)
@@ -220,10 +220,10 @@ def test_negative_points_activity_days_and_late_first_seen() -> None:
     }
     assert close(snap.components["web"], 100 * d_web / (d_web + 15))
     assert close(snap.index, 0.40 * 100 * d_web / (d_web + 15))
-    # active days: the click and the page views (the unsubscribe has negative points)
+    # active days: the click and the page views (not the unsubscribe nor the email sent)
     assert (snap.active_days_7d, snap.active_days_30d, snap.active_days_90d) == (0, 2, 3)
     assert (snap.first_seen_ms, snap.last_event_ms, snap.events_counted) == (
-        T0 - 40 * DAY, T0 + 2 * DAY, 4,
+        T0 - 40 * DAY, T0 + 5 * DAY, 5,
     )  # fmt: skip
     assert three.look(T0 + 2 * DAY).active_days_7d == 2
     assert three.look(T0 + 131 * DAY).active_days_90d == 0
