@@ -309,8 +309,8 @@ class Publisher:
         queued = sum(1 for future in self._pending if not future.done())
         if queued:
             log.warning(
-                "stopping: %d records of requests answered 503 are still queued; they are "
-                "dropped, not waited for",
+                "stopping: %d records of requests answered 503 are still queued; the producer "
+                "drops them at their next failed send",
                 queued,
             )
         try:
