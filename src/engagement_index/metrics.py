@@ -20,7 +20,8 @@ class Metrics:
         self.events_consumed = Counter(
             "engagement_events_consumed_total",
             "Inbound records consumed, by channel and outcome.",
-            ["channel", "outcome"],  # outcome: scored | duplicate | dead_lettered | rekeyed
+            # outcome: scored | duplicate | dead_lettered | rekeyed | forwarded
+            ["channel", "outcome"],
             registry=r,
         )
         self.dead_letters = Counter(

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from engagement_index.core.events import ContactKey
+from engagement_index.core.partitioning import canonical_partition
 from engagement_index.replay import replay
 from tests.integration.test_worker_oracle import (
     DEFAULT_MODEL,
@@ -182,3 +185,65 @@ def test_a_refused_changelog_write_fails_the_batch_and_nothing_is_lost(
     assert status == 200, body
     assert body["events_counted"] == 2, "the changelog must hold the second event's state"
     assert failures >= 1, "the refused changelog write is counted"
+
+
+def _kcat(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    """Publish ``key|value`` lines with kcat (librdkafka: CRC32 partitioner by default)."""
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is installed by dev/tools/install.sh (make setup)"
+    done = subprocess.run(
+        [kcat, "-b", bootstrap, "-t", topic, "-P", "-K", "|"],
+        input=b"\n".join(lines) + b"\n",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_records_on_another_partition_are_forwarded_to_the_contacts_own(
+    stream_env: Callable[..., Any],
+) -> None:
+    """A murmur2 producer (kafka-python) and a CRC32 producer (kcat) write the same contacts."""
+    partitions = 4
+    env = stream_env(DEFAULT_MODEL, partitions=partitions)
+    worker = env.worker()
+    worker.start()
+    now = int(time.time() * 1000)
+    cids = [f"p-{i:02d}" for i in range(20)]
+    keys = {cid: ContactKey("acme", cid).encode() for cid in cids}
+    moved = [
+        cid
+        for cid in cids
+        if zlib.crc32(keys[cid]) % partitions != canonical_partition(keys[cid], partitions)
+    ]
+    assert len(moved) >= 5, "the scenario needs keys whose two partitions differ"
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all")
+    for cid in cids:
+        producer.send(
+            env.topic("web"), key=keys[cid], value=event(cid, 0, now - 30_000, "web.page_view")
+        )
+    producer.flush()
+
+    def counted(cid: str) -> int:
+        status, body = worker.get(f"/v1/contacts/acme/{cid}")
+        return int(body["events_counted"]) if status == 200 else 0
+
+    wait_until(lambda: all(counted(c) == 1 for c in cids), 60, "the murmur2 records")
+    _kcat(
+        env.bootstrap,
+        env.topic("email"),
+        [keys[c] + b"|" + event(c, 1, now - 20_000, "email.click") for c in cids],
+    )
+    wait_until(lambda: all(counted(c) == 2 for c in cids), 60, "the kcat records, one state each")
+    # and the next murmur2 event adds to the same state
+    for cid in cids:
+        producer.send(
+            env.topic("web"), key=keys[cid], value=event(cid, 2, now - 10_000, "web.page_view")
+        )
+    producer.flush()
+    producer.close()
+    wait_until(lambda: all(counted(c) == 3 for c in cids), 60, "one state per contact")
+    status, text = worker.get("/metrics")
+    assert status == 200
+    assert metric(text, "engagement_partition_forwards_total", 'channel="email"') == len(moved)

@@ -287,7 +287,10 @@ class Worker:
             return
         groups = await send_batched(
             self._aio_producer(),
-            ((s.topic, s.key, s.value, s.partition, list(s.headers) or None) for s in sends),
+            (
+                (s.topic, s.key, s.value, s.partition, list(s.headers) or None, s.timestamp_ms)
+                for s in sends
+            ),
         )
         await asyncio.gather(*(group.future for group in groups))
 

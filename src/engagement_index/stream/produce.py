@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 Headers = list[tuple[str, bytes]] | None
+#: ``(topic, key, value, partition, headers, timestamp in ms or None: now)``
+Record = tuple[str, bytes | None, bytes | None, int | None, Headers, int | None]
 
 
 @dataclass(slots=True)
@@ -38,14 +40,13 @@ class SentGroup:
         return int(self.future.result().offset) + self.count - 1
 
 
-async def send_batched(
-    producer: Any, records: Iterable[tuple[str, bytes | None, bytes | None, int | None, Headers]]
-) -> list[SentGroup]:
-    """Submit ``(topic, key, value, partition, headers)`` records; one group per batch."""
-    groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
+async def send_batched(producer: Any, records: Iterable[Record]) -> list[SentGroup]:
+    """Submit ``(topic, key, value, partition, headers, timestamp)`` records; one group each
+    topic-partition (more if a batch fills up)."""
+    groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers, int | None]]] = {}
     partition_of: dict[tuple[str, bytes], int] = {}
     ready_topics: set[str] = set()
-    for topic, key, value, partition, headers in records:
+    for topic, key, value, partition, headers, timestamp in records:
         if topic not in ready_topics:
             await producer.client._wait_on_metadata(topic)
             ready_topics.add(topic)
@@ -62,16 +63,21 @@ async def send_batched(
         group = groups.get((topic, partition))
         if group is None:
             group = groups[(topic, partition)] = []
-        group.append((key, value, headers))
+        group.append((key, value, headers, timestamp))
     sent: list[SentGroup] = []
     for (topic, partition), items in groups.items():
         batch = producer.create_batch()
         count = 0
-        for key, value, headers in items:
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+        for key, value, headers, timestamp in items:
+            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
                 if count == 0:  # a record larger than a whole batch: let send() judge it
                     future = await producer.send(
-                        topic, value, key=key, partition=partition, headers=headers
+                        topic,
+                        value,
+                        key=key,
+                        partition=partition,
+                        headers=headers,
+                        timestamp_ms=timestamp,
                     )
                     sent.append(SentGroup(topic, partition, 1, future))
                     continue
@@ -80,9 +86,14 @@ async def send_batched(
                 sent.append(SentGroup(topic, partition, count, future))
                 batch = producer.create_batch()
                 count = 0
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
                     future = await producer.send(
-                        topic, value, key=key, partition=partition, headers=headers
+                        topic,
+                        value,
+                        key=key,
+                        partition=partition,
+                        headers=headers,
+                        timestamp_ms=timestamp,
                     )
                     sent.append(SentGroup(topic, partition, 1, future))
                     continue

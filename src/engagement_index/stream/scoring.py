@@ -34,6 +34,7 @@ from engagement_index.core.events import (
 )
 from engagement_index.core.lifecycle import advance, apply_fields, evaluate
 from engagement_index.core.model import CompiledModel, ScoringModel
+from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.records import Transition
 from engagement_index.core.state import ContactState, decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
@@ -66,6 +67,8 @@ class OutboundRecord(NamedTuple):
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
     partition: int | None = None
+    #: the record timestamp (ms); None: the producer's clock. Forwarded records keep theirs.
+    timestamp_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -120,6 +123,7 @@ class BatchScorer:
         self.clock_ms = clock_ms
         self._source_index = {name: i for i, name in enumerate(topology.scoring_sources)}
         self._rekey_topic = topology.internal.rekey.name
+        self._partitions = topology.scoring_partitions
         self._tick_topic = topology.internal.ticks.name
         self._stage_topic = topology.outbound.stage_changes.name
         self._scores_topic = topology.outbound.scores.name
@@ -245,9 +249,20 @@ class BatchScorer:
             return "dead_lettered"
         contact = ContactKey(fields.tenant, fields.contact_id)
         key = contact.encode()
+        home = canonical_partition(key, self._partitions)
         if record.key != key:
-            out.sends.append(OutboundRecord(self._rekey_topic, key, value))
+            out.sends.append(
+                OutboundRecord(self._rekey_topic, key, value, (), home, record.timestamp_ms)
+            )
             return "rekeyed"
+        if record.partition != home:
+            # keyed right, but put on another partition (another partitioner, e.g. CRC32):
+            # the contact's state lives on its canonical partition, so the record goes there
+            out.sends.append(
+                OutboundRecord(self._rekey_topic, key, value, (), home, record.timestamp_ms)
+            )
+            self.metrics.partition_forwards.labels(channel=self._channels[record.topic]).inc()
+            return "forwarded"
         entry = self._load(key, index, contacts, load_contact)
         source = self._source_index[record.topic]
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
@@ -337,8 +352,9 @@ class BatchScorer:
             self._dead_letter(out, record, failure, f"erasure request: {exc}", now_ms)
             return
         key = request.key.encode()
-        if record.key != key:  # not on the owner's partition: send it there
-            out.sends.append(OutboundRecord(self._erasure_topic, key, record.value))
+        home = canonical_partition(key, self._partitions)
+        if record.key != key or record.partition != home:  # not the owner's: send it there
+            out.sends.append(OutboundRecord(self._erasure_topic, key, record.value, (), home))
             return
         stored = self._load(key, index, contacts, load_contact)
         if stored is not None:

@@ -23,7 +23,7 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from engagement_index.errors import BatchWriteError
-from engagement_index.stream.produce import SentGroup, send_batched
+from engagement_index.stream.produce import Record, SentGroup, send_batched
 
 #: table key -> (index in the batch of the record that last touched it, value or None: delete)
 Writes = dict[bytes, tuple[int, bytes | None]]
@@ -35,7 +35,7 @@ class TableTransaction:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
         self._stores: list[tuple[Any, str, dict[int, WriteBatch]]] = []
-        self._changelog: list[tuple[str, bytes | None, bytes | None, int | None, None]] = []
+        self._changelog: list[Record] = []
 
     def stage(self, table: Any, writes: Writes, partition_of: Callable[[int], int]) -> None:
         """Add ``writes`` to ``table`` (a Faust table) to the transaction."""
@@ -57,7 +57,7 @@ class TableTransaction:
             else:
                 batch.put(key, value)
                 key_index[key] = partition
-            changelog.append((topic, key, value, partition, None))
+            changelog.append((topic, key, value, partition, None, None))
         self._stores.append((store, topic, batches))
 
     async def commit(self) -> None:

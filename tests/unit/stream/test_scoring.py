@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from engagement_index.core.events import ContactKey
 from engagement_index.core.model import load_model
+from engagement_index.core.partitioning import canonical_partition
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.due_index import DueIndex
@@ -81,10 +82,42 @@ def run(scorer: BatchScorer, tables: Tables, records: list[InboundRecord]) -> ob
     return out
 
 
+PARTITIONS = load_topology(ROOT / "streams" / "topology.yaml").scoring_partitions
+
+
 def rec(
-    offset: int, value: bytes | None, key: bytes | None = KEY, topic: str = "events.web"
+    offset: int,
+    value: bytes | None,
+    key: bytes | None = KEY,
+    topic: str = "events.web",
+    partition: int | None = None,
 ) -> InboundRecord:
-    return InboundRecord(topic, 0, offset, key, value, NOW)
+    """A record on ``partition``; by default the canonical partition of its key."""
+    if partition is None:
+        partition = canonical_partition(key, PARTITIONS) if key else 0
+    return InboundRecord(topic, partition, offset, key, value, NOW)
+
+
+def test_a_record_on_another_partition_than_its_contacts_is_forwarded_there(
+    scorer: BatchScorer,
+) -> None:
+    tables = Tables()
+    home = canonical_partition(KEY, PARTITIONS)
+    wrong = (home + 1) % PARTITIONS
+    arrived = rec(0, event(0, 36_000), partition=wrong)._replace(timestamp_ms=NOW - 5_000)
+    out = run(scorer, tables, [arrived])
+    assert isinstance(out, BatchOutcome)
+    assert not out.contact_writes, "no state on the partition it arrived on"
+    [forward] = out.sends
+    assert forward.topic == "engagement-index.rekeyed"
+    assert (forward.key, forward.value, forward.partition) == (KEY, arrived.value, home)
+    assert forward.timestamp_ms == NOW - 5_000, "the record keeps its timestamp"
+    text = scorer.metrics.render().decode()
+    assert 'engagement_partition_forwards_total{channel="web"} 1.0' in text
+    assert 'outcome="forwarded"' in text
+    # scored where it belongs
+    out = run(scorer, tables, [rec(0, arrived.value, topic="engagement-index.rekeyed")])
+    assert list(tables.contacts) == [KEY]
 
 
 def test_scores_and_emits_first_seen_then_threshold(scorer: BatchScorer) -> None:
@@ -290,7 +323,7 @@ def test_an_erasure_deletes_state_and_history_and_confirms(scorer: BatchScorer) 
     assert KEY not in tables.history
     assert other in tables.contacts, "other contacts are untouched"
     assert out.contact_writes[KEY] == (0, None)
-    assert out.due_updates[KEY] == (0, None)
+    assert out.due_updates[KEY] == (canonical_partition(KEY, PARTITIONS), None)
     assert out.stage_moves == [(stage, None)]
     by_topic = {s.topic: s for s in out.sends}
     assert by_topic["engagement.scores"].key == KEY
