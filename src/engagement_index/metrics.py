@@ -85,7 +85,7 @@ class Metrics:
         )
         self.model_migrations = Counter(
             "engagement_model_migrations_total",
-            "Contacts whose state was migrated to a changed model (component set or fingerprint).",
+            "Contacts found at recovery with a state of another model (each is woken to migrate).",
             registry=r,
         )
         self.recovery_remaining = Gauge(

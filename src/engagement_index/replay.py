@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from engagement_index.core.dedupe import DEFAULT_WINDOW_MS, EMPTY, SeenIds, admit
 from engagement_index.core.events import (
     EventFields,
     FailureType,
@@ -25,6 +26,7 @@ from engagement_index.core.lifecycle import (
 from engagement_index.core.model import CompiledRule, ScoringModel
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
+from engagement_index.core.timestamps import MIN_MS
 from engagement_index.errors import EventRejected
 
 
@@ -74,8 +76,13 @@ class Replayer:
         until_ms: int | None = None,
         max_bytes: int | None = None,
         on_reject: Callable[[Reject], None] | None = None,
+        dedupe_window_ms: int = DEFAULT_WINDOW_MS,
     ) -> None:
         self.model = model
+        self.dedupe_window_ms = dedupe_window_ms
+        #: per contact, the event ids applied within the dedupe window (``core.dedupe``)
+        self.seen: dict[tuple[str, str], SeenIds] = {}
+        self._arrival_clock = MIN_MS  # the largest event timestamp read (default arrivals)
         self.until_ms = until_ms
         self.max_bytes = max_bytes
         self.on_reject = on_reject
@@ -96,8 +103,15 @@ class Replayer:
         else:
             self.on_reject(item)
 
-    def feed(self, raw: bytes | str, line: int | None = None) -> list[Transition]:
-        """Parse and apply one record; returns its transitions (rejects are recorded)."""
+    def feed(
+        self, raw: bytes | str, line: int | None = None, arrival_ms: int | None = None
+    ) -> list[Transition]:
+        """Parse and apply one record; returns its transitions (rejects are recorded).
+
+        ``arrival_ms``: when the record reached the system (the worker uses the Kafka record
+        timestamp); the dedupe window counts from it. Default: the largest event timestamp
+        read so far, this one included (the file's clock).
+        """
         stats = self.stats
         stats.lines += 1
         try:
@@ -115,9 +129,9 @@ class Replayer:
         except EventRejected as exc:
             self.reject(stats.lines if line is None else line, exc.failure, exc.message)
             return []
-        return self._apply(fields, rule)
+        return self._apply(fields, rule, arrival_ms)
 
-    def apply(self, fields: EventFields) -> list[Transition]:
+    def apply(self, fields: EventFields, arrival_ms: int | None = None) -> list[Transition]:
         """Apply already-parsed event fields (``EventRejected`` if the type is unknown)."""
         rule = self._cm.rules.get(fields.type)
         if rule is None:
@@ -125,11 +139,22 @@ class Replayer:
                 FailureType.UNKNOWN_TYPE,
                 f"type: {fields.type!r} is not scored by model {self._cm.version!r}",
             )
-        return self._apply(fields, rule)
+        return self._apply(fields, rule, arrival_ms)
 
-    def _apply(self, fields: EventFields, rule: CompiledRule) -> list[Transition]:
+    def _apply(
+        self, fields: EventFields, rule: CompiledRule, arrival_ms: int | None
+    ) -> list[Transition]:
         event_id, tenant, contact_id, _, ts = fields
         key = (tenant, contact_id)
+        if ts > self._arrival_clock:
+            self._arrival_clock = ts
+        if arrival_ms is None:
+            arrival_ms = self._arrival_clock
+        seen = admit(self.seen.get(key, EMPTY), event_id, arrival_ms, self.dedupe_window_ms)
+        if seen is None:
+            self.stats.duplicates += 1
+            return []
+        self.seen[key] = seen
         states = self.states
         state = states.get(key)
         cm = self._cm
@@ -146,9 +171,6 @@ class Replayer:
             state, event_id, tenant, contact_id, ts, rule, cm, False
         )
         stats = self.stats
-        if new is state:
-            stats.duplicates += 1
-            return transitions
         states[key] = new
         if new.upper:
             unsolved[key] = index
@@ -222,9 +244,12 @@ def replay(
     *,
     until_ms: int | None = None,
     max_bytes: int | None = None,
+    dedupe_window_ms: int = DEFAULT_WINDOW_MS,
 ) -> ReplayResult:
     """Replay ``lines`` in order: the oracle for the streaming worker's outputs."""
-    replayer = Replayer(model, until_ms=until_ms, max_bytes=max_bytes)
+    replayer = Replayer(
+        model, until_ms=until_ms, max_bytes=max_bytes, dedupe_window_ms=dedupe_window_ms
+    )
     transitions = list(replayer.feed_lines(lines))
     transitions.extend(replayer.finish())
     return ReplayResult(

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     tick_retry_seconds: float = Field(default=5.0, gt=0)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     history_size: int = Field(default=10, ge=1, le=100)
+    dedupe_window_seconds: float = Field(
+        default=72 * 3600.0,
+        ge=0,
+        description="a re-sent event id arriving within this time of the applied copy "
+        "(by record timestamp) is ignored",
+    )
     rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     rocksdb_write_buffer_bytes: int = Field(
         default=4 * 1024 * 1024,

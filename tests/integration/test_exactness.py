@@ -26,9 +26,10 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from engagement_index.core.events import ContactKey
 from engagement_index.core.partitioning import canonical_partition
-from engagement_index.replay import replay
+from engagement_index.replay import Replayer, replay
 from tests.integration.test_worker_oracle import (
     DEFAULT_MODEL,
+    FAST_MODEL,
     assert_same_transitions,
     by_contact,
     iso,
@@ -247,3 +248,131 @@ def test_records_on_another_partition_are_forwarded_to_the_contacts_own(
     status, text = worker.get("/metrics")
     assert status == 200
     assert metric(text, "engagement_partition_forwards_total", 'channel="email"') == len(moved)
+
+
+def test_a_model_change_is_migrated_never_applied_with_the_old_due_times(
+    stream_env: Callable[..., Any],
+) -> None:
+    """Restarted on the same state with a lower leave level, then with one more component."""
+    # half-lives of 20-60 s: the purchase crossing at 45 comes ~33 s after the burst, the one
+    # at 30 ~64 s after it
+    slow = (
+        FAST_MODEL.replace("half_life: 30s", "half_life: 60s")
+        .replace("half_life: 20s", "half_life: 40s")
+        .replace("half_life: 10s", "half_life: 20s")
+    )
+    env = stream_env(slow, partitions=1)
+    worker = env.worker()
+    worker.start()
+    now = int(time.time() * 1000)
+    cids = [f"m-{i:02d}" for i in range(30)]
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all")
+    for cid in cids:
+        key = ContactKey("acme", cid).encode()
+        for n, etype in enumerate(("email.click", "web.form_submit", "social.share") * 6):
+            producer.send(env.topic("web"), key=key, value=event(cid, n, now + n, etype))
+    producer.flush()
+
+    def stage(w: Any, cid: str) -> str | None:
+        status, body = w.get(f"/v1/contacts/acme/{cid}")
+        return str(body["stage"]) if status == 200 else None
+
+    wait_until(lambda: all(stage(worker, c) == "purchase" for c in cids), 60, "purchase")
+    assert worker.stop() == 0
+    before = len(env.consume_all(env.topic("stage_changes"), idle_s=1.0))
+
+    # the same state, the leave level lowered: no decay may fire at the old due times
+    env.model_file.write_text(
+        slow.replace('"fast-test-1"', '"fast-test-2"').replace(
+            "leave_upper_below: 45", "leave_upper_below: 30"
+        )
+    )
+    lowered = env.worker("w2")
+    lowered.start()
+    wait_until(lambda: all(stage(lowered, c) == "nurture" for c in cids), 120, "the decays")
+    changes = [json.loads(r.value) for r in env.consume_all(env.topic("stage_changes"))][before:]
+    decays = [t for t in changes if t["reason"] == "decay"]
+    assert len(decays) == len(cids), changes[:3]
+    for t in decays:
+        assert t["model_version"] == "fast-test-2"
+        assert t["index"] < 30 <= t["previous_index"], t
+    status, text = lowered.get("/metrics")
+    assert status == 200
+    assert metric(text, "engagement_model_migrations_total") == len(cids)
+    assert lowered.stop() == 0
+
+    # one more component: the events of existing contacts are scored, none is a dead letter
+    env.model_file.write_text(
+        slow.replace('"fast-test-1"', '"fast-test-3"')
+        .replace("leave_upper_below: 45", "leave_upper_below: 30")
+        .replace(
+            "components:",
+            "components:\n  support:  {half_life: 20s, saturation: 5}",
+            1,
+        )
+        .replace("events:", "events:\n  support.ticket:     {component: support, points: 1}", 1)
+    )
+    grown = env.worker("w3")
+    grown.start()
+    later = int(time.time() * 1000)
+    for cid in cids:
+        key = ContactKey("acme", cid).encode()
+        producer.send(env.topic("web"), key=key, value=event(cid, 100, later, "web.page_view"))
+        producer.send(env.topic("web"), key=key, value=event(cid, 101, later + 1, "support.ticket"))
+    producer.flush()
+    producer.close()
+
+    def counted(cid: str) -> int:
+        status, body = grown.get(f"/v1/contacts/acme/{cid}")
+        return int(body["events_counted"]) if status == 200 else 0
+
+    wait_until(lambda: all(counted(c) == 20 for c in cids), 60, "the new events to be scored")
+    status, body = grown.get(f"/v1/contacts/acme/{cids[0]}")
+    assert body["components"]["support"] > 0
+    assert body["model_version"] == "fast-test-3"
+    assert env.consume_all(env.topic("dead_letters"), idle_s=1.0) == []
+
+
+def test_a_re_sent_event_is_ignored_within_the_window_however_many_events_came_between(
+    stream_env: Callable[..., Any],
+) -> None:
+    """Arrival = the record timestamp (CreateTime, set here by the producer)."""
+    env = stream_env(DEFAULT_MODEL, partitions=1)
+    worker = env.worker()
+    worker.start()
+    now = int(time.time() * 1000)
+    key = ContactKey("acme", "d-1").encode()
+    original = event("d-1", 0, now - 60_000, "web.form_submit")
+    sent: list[tuple[bytes, int]] = [(original, now - 4 * DAY_MS)]
+    sent += [
+        (event("d-1", n, now - 50_000 + n, "email.open"), now - 4 * DAY_MS + n)
+        for n in range(1, 21)
+    ]
+    sent.append((original, now - 2 * DAY_MS))  # 20 events later, 2 days on: a duplicate
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all")
+
+    def publish(records: list[tuple[bytes, int]]) -> None:
+        for value, arrival in records:
+            producer.send(env.topic("web"), key=key, value=value, timestamp_ms=arrival)
+        producer.flush()
+
+    def counted() -> int:
+        status, body = worker.get("/v1/contacts/acme/d-1")
+        return int(body["events_counted"]) if status == 200 else 0
+
+    publish(sent)
+    wait_caught_up(env)
+    assert counted() == 21, "the copy 20 events later is ignored"
+    again = [(original, now)]  # 4 days after the first copy: past the 72 h window
+    publish(again)
+    producer.close()
+    wait_until(lambda: counted() == 22, 60, "the copy after the window to count again")
+
+    # the replay given the same arrivals agrees, state and transitions
+    replayer = Replayer(env.model)
+    expected = [
+        t.model_dump(mode="json") for v, a in sent + again for t in replayer.feed(v, arrival_ms=a)
+    ]
+    assert replayer.stats.duplicates == 1
+    streamed = [json.loads(r.value) for r in env.consume_all(env.topic("stage_changes"))]
+    assert [t["transition_id"] for t in streamed] == [t["transition_id"] for t in expected]

@@ -17,11 +17,14 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from engagement_index.core.dedupe import DEFAULT_WINDOW_MS as WINDOW
+from engagement_index.core.dedupe import EMPTY, SeenIds, admit
 from engagement_index.core.events import parse_event
 from engagement_index.core.lifecycle import advance, evaluate, step
 from engagement_index.core.model import ScoringModel, load_model
@@ -170,6 +173,8 @@ def test_core_step_advance_evaluate_equal_the_reference(
     reference = ref.Reference(models.reference)
     states: dict[tuple[str, str], ContactState] = {}
     decayed_at: dict[tuple[str, str], int] = {}  # contacts whose clock a wake-up moved
+    seen: dict[tuple[str, str], SeenIds] = {}
+    clock = -(2**62)
     for item in _traffic(ops, models.unit_ms):
         resolved = _resolve(item, reference)
         if resolved is None:
@@ -177,8 +182,17 @@ def test_core_step_advance_evaluate_equal_the_reference(
         what, contact, raw, at = resolved
         if what == "record":
             state = states.get(contact)
-            new, transitions = step(state, parse_event(raw), models.core)
-            states[contact] = new
+            parsed = parse_event(raw)
+            # the core's callers drop duplicates first (arrival: the replay's default, the
+            # largest event timestamp read so far)
+            clock = max(clock, parsed.timestamp_ms)
+            window = admit(seen.get(contact, EMPTY), parsed.event_id, clock, WINDOW)
+            if window is None:
+                transitions: list[Any] = []
+            else:
+                seen[contact] = window
+                new, transitions = step(state, parsed, models.core)
+                states[contact] = new
             want = reference.feed(raw)
         elif contact not in states:
             continue

@@ -10,9 +10,11 @@ read with PyYAML, RFC 3339 times with ``datetime``. It favours plainness over sp
   module's own index function: the first millisecond at which the index is below
   ``leave_upper_below``;
 * a duplicate is recognised by time: a record whose ``(tenant, contact_id, event_id)`` was
-  already applied is ignored when it arrives at most ``duplicate_window_ms`` (default 72 h)
-  after the applied copy's arrival; otherwise it is applied again and its arrival becomes the
-  new reference. A record's arrival time defaults to its own timestamp.
+  already applied is ignored when the applied copy arrived at most ``duplicate_window_ms``
+  (default 72 h) before the contact's newest arrival (the latest arrival of its applied
+  records and of this record); otherwise it is applied again and its arrival becomes the new
+  reference. A record's arrival time defaults to the largest event timestamp fed so far,
+  its own included.
 
 Floats are not computed the way the core computes them, so compare with a tolerance (the
 document's 1e-9 for indices, 1 ms for ``tau``). Comparisons that fall within float rounding
@@ -225,6 +227,7 @@ class Reference:
         self.contacts: dict[tuple[str, str], Contact] = {}
         self.rejected: list[tuple[Any, str]] = []
         self.duplicates = 0
+        self.arrival_clock: int | None = None  # the largest event timestamp fed so far
         self.max_event_ms: int | None = None
         self.ambiguous: set[tuple[str, str]] = set()
 
@@ -333,13 +336,17 @@ class Reference:
         except (ValueError, KeyError, TypeError) as exc:
             self.rejected.append((raw, repr(exc)))
             return []
-        arrival = ts if arrival_ms is None else arrival_ms
+        self.arrival_clock = ts if self.arrival_clock is None else max(self.arrival_clock, ts)
+        arrival = self.arrival_clock if arrival_ms is None else arrival_ms
         key = (tenant, contact_id)
         contact = self.contacts.get(key)
         applied_at = None if contact is None else contact.applied_arrival.get(event_id)
-        if applied_at is not None and arrival - applied_at <= self.window:
-            self.duplicates += 1  # a copy applied at most W before this one's arrival
-            return []
+        if applied_at is not None:
+            assert contact is not None
+            newest = max([arrival, *contact.applied_arrival.values()])
+            if newest - applied_at <= self.window:
+                self.duplicates += 1  # applied at most W before the newest arrival
+                return []
         out: list[RefTransition] = []
         if contact is None:
             contact = self.contacts[key] = Contact(tenant, contact_id, clock=ts)

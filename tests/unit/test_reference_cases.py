@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engagement_index.core.dedupe import DEFAULT_WINDOW_MS, EMPTY, SeenIds, admit
 from engagement_index.core.events import parse_event
 from engagement_index.core.lifecycle import advance, evaluate, step
 from engagement_index.core.model import load_model
@@ -54,12 +55,21 @@ class Three:
 
     def __init__(self) -> None:
         self.state: ContactState | None = None
+        self.seen: SeenIds = EMPTY
+        self.clock = -(2**62)
         self.replayer = Replayer(CORE)
         self.reference = ref.Reference(REF)
 
     def feed(self, raw: str) -> list[ref.RefTransition]:
-        new, core_t = step(self.state, parse_event(raw), CORE)
-        self.state = new
+        event = parse_event(raw)
+        # the core's callers drop duplicates first (arrival: the replay's default, the largest
+        # event timestamp read so far)
+        self.clock = max(self.clock, event.timestamp_ms)
+        window = admit(self.seen, event.event_id, self.clock, DEFAULT_WINDOW_MS)
+        core_t: list[Any] = []
+        if window is not None:
+            self.seen = window
+            self.state, core_t = step(self.state, event, CORE)
         replay_t = self.replayer.feed(raw)
         want = self.reference.feed(raw)
         self._same(core_t, replay_t, want)

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from engagement_index.core.dedupe import DEFAULT_WINDOW_MS
 from engagement_index.core.model import DEFAULT_MODEL_PATH, load_model
 from engagement_index.core.timestamps import parse_timestamp_ms
 from engagement_index.replay import Reject, Replayer
@@ -44,6 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_time_arg,
         help="RFC 3339 horizon: decay transitions due by then are included, states are "
         "evaluated then, later events are rejected (default: the largest event timestamp)",
+    )
+    parser.add_argument(
+        "--dedupe-window",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_WINDOW_MS / 1000,
+        help="a re-sent event id is ignored when its applied copy arrived at most this long "
+        "before (arrival: the largest event timestamp read so far; default 259200 = 72 h, "
+        "as the worker's ENGAGEMENT_INDEX_DEDUPE_WINDOW_SECONDS)",
     )
     parser.add_argument(
         "--states-out", metavar="FILE", type=Path, help="write one JSON line per contact"
@@ -132,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
             text = json.dumps(item.to_json_dict(), ensure_ascii=False)
             rejects_out.write(f"{clear_line}{text}\n")
 
-        replayer = Replayer(model, until_ms=args.until, on_reject=on_reject)
+        replayer = Replayer(
+            model,
+            until_ms=args.until,
+            on_reject=on_reject,
+            dedupe_window_ms=int(args.dedupe_window * 1000),
+        )
         out = sys.stdout.buffer
         try:
             for transition in replayer.feed_lines(_lines(source, progress)):

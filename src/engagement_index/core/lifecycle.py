@@ -34,10 +34,8 @@ from engagement_index.core.records import ContactSnapshot, HalfName, Transition,
 from engagement_index.core.state import (
     ACTIVITY_DAYS,
     ACTIVITY_MASK,
-    ID_WINDOW,
     ContactState,
     active_days_between,
-    id_digest,
 )
 from engagement_index.core.timestamps import MS_PER_DAY, ms_to_rfc3339
 from engagement_index.errors import EventRejected
@@ -147,11 +145,66 @@ def _decay(state: ContactState, cm: CompiledModel) -> tuple[ContactState, Transi
         first_seen_ms=state.first_seen_ms,
         last_event_ms=state.last_event_ms,
         events_counted=state.events_counted,
-        recent_ids=state.recent_ids,
         active_days=state.active_days,
         due_ms=None,
+        layout=state.layout,
     )
     return new, transition
+
+
+def migrate(state: ContactState, cm: CompiledModel) -> tuple[ContactState, list[Transition]]:
+    """``state`` (computed under another model) moved to ``cm``, and its ``model_change``.
+
+    The decayed sums are matched by component name (a new component starts at 0, a removed one
+    is dropped), at the state's clock. The stage is checked against the new thresholds of the
+    contact's half at that clock: an upper-stage contact below the new leave level moves down,
+    a lower-stage one at or above the new enter level moves up, both with reason
+    ``model_change``, ``occurred_at`` = the clock, no cause event. The due time is solved anew
+    under ``cm`` (the old one belongs to the old model). A version 1 state (no layout) keeps
+    its values by position.
+    """
+    ids = state.layout.component_ids
+    names = cm.layout.component_ids
+    assert names is not None
+    if ids is None:
+        values = [*state.values[: len(names)], *([0.0] * (len(names) - len(state.values)))]
+    else:
+        by_id = dict(zip(ids, state.values, strict=True))
+        values = [by_id.get(i, 0.0) for i in names]
+    post = state.post_purchase
+    half = cm.halves[post]
+    index = index_of(values, half, cm)
+    upper = state.upper
+    transitions: list[Transition] = []
+    change: tuple[str, str] | None = None
+    if upper and index < half.leave_upper_below:
+        upper = False
+        change = half.upper_stage, half.lower_stage
+    elif not upper and index >= half.enter_upper_at:
+        upper = True
+        change = half.lower_stage, half.upper_stage
+    if change is not None:
+        transitions.append(
+            _transition(
+                state.tenant, state.contact_id, cm, state.clock_ms, change[0], change[1], post,
+                "model_change", index, index, values, None,
+            )
+        )  # fmt: skip
+    new = ContactState(
+        tenant=state.tenant,
+        contact_id=state.contact_id,
+        post_purchase=post,
+        upper=upper,
+        clock_ms=state.clock_ms,
+        values=tuple(values),
+        first_seen_ms=state.first_seen_ms,
+        last_event_ms=state.last_event_ms,
+        events_counted=state.events_counted,
+        active_days=state.active_days,
+        due_ms=_due(values, state.clock_ms, post, upper, cm),
+        layout=cm.layout,
+    )
+    return new, transitions
 
 
 def apply_fields(
@@ -189,7 +242,6 @@ def apply_rule(
     solve_due: bool,
 ) -> tuple[ContactState, list[Transition], float]:
     """The core of :func:`step`; also returns the index at the new state's clock."""
-    digest = id_digest(event_id)
     transitions: list[Transition] = []
     comp = rule.component
     points = rule.points
@@ -199,7 +251,6 @@ def apply_rule(
         clock = first = last = ts
         post = False
         counted = 1
-        ids: tuple[bytes, ...] = (digest,)
         days = 1 if points > 0.0 else 0
         half = cm.halves[0]
         index = index_of(values, half, cm)
@@ -215,8 +266,10 @@ def apply_rule(
     else:
         if state.tenant != tenant or state.contact_id != contact_id:
             raise ValueError("the event belongs to another contact than the state")
-        if digest in state.recent_ids:
-            return state, [], -1.0
+        if state.layout is not cm.layout:
+            state, transitions = migrate(state, cm)
+            if not solve_due:
+                state = replace(state, due_ms=None)
         if state.due_ms is not None and ts >= state.due_ms:
             state, decay = _decay(state, cm)
             transitions.append(decay)
@@ -242,12 +295,10 @@ def apply_rule(
             if bit < ACTIVITY_DAYS:
                 days |= 1 << bit
         counted = state.events_counted + 1
-        ids = (*state.recent_ids, digest)
-        if len(ids) > ID_WINDOW:
-            ids = ids[-ID_WINDOW:]
         half = cm.halves[post]
         index = index_of(values, half, cm)
-        previous = None  # computed only if a transition is emitted
+        # computed only if a transition is emitted (after a model change: the index reported)
+        previous = transitions[-1].index if transitions else None
 
     if rule.marks_customer and not post:
         if previous is None:
@@ -292,9 +343,9 @@ def apply_rule(
         first,
         last,
         counted,
-        ids,
         days,
         _due(values, clock, post, upper, cm) if solve_due else None,
+        cm.layout,
     )
     return new, transitions, index
 
@@ -333,8 +384,9 @@ def step(
 ) -> tuple[ContactState, list[Transition]]:
     """Fold one event into a contact's state; returns the new state and its transitions.
 
-    A duplicate event id (in the recent-id window) returns ``state`` itself and no
-    transitions. An unknown event type raises ``EventRejected(unknown_type)``.
+    Duplicates are the caller's to drop first (:func:`engagement_index.core.dedupe.admit`).
+    A state computed under another model is migrated first (:func:`migrate`). An unknown
+    event type raises ``EventRejected(unknown_type)``.
     """
     fields = EventFields(
         event.event_id, event.tenant, event.contact_id, event.type, event.timestamp_ms
@@ -345,12 +397,21 @@ def step(
 def advance(
     state: ContactState, until_ms: int, model: ScoringModel | CompiledModel
 ) -> tuple[ContactState, list[Transition]]:
-    """Emit the pending decay transition if it is due at or before ``until_ms``."""
-    if state.due_ms is None or state.due_ms > until_ms:
-        return state, []
+    """Emit the pending decay transition if it is due at or before ``until_ms``.
+
+    A state computed under another model is migrated first (:func:`migrate`): its due time is
+    solved anew, so a wake-up whose crossing no longer holds under the model emits nothing
+    (beyond a ``model_change``, if the new thresholds move the stage).
+    """
     cm = model.compiled if isinstance(model, ScoringModel) else model
+    transitions: list[Transition] = []
+    if state.layout is not cm.layout:
+        state, transitions = migrate(state, cm)
+    if state.due_ms is None or state.due_ms > until_ms:
+        return state, transitions
     new, transition = _decay(state, cm)
-    return new, [transition]
+    transitions.append(transition)
+    return new, transitions
 
 
 def next_due_ms(
@@ -365,6 +426,8 @@ def evaluate(
 ) -> ContactSnapshot:
     """The contact as of ``at_ms`` (not before its clock), pending decay applied; pure."""
     cm = model.compiled if isinstance(model, ScoringModel) else model
+    if state.layout is not cm.layout:
+        state, _ = migrate(state, cm)
     if state.due_ms is not None and state.due_ms <= at_ms:
         state, _ = _decay(state, cm)
     at = max(at_ms, state.clock_ms)

@@ -7,6 +7,8 @@ validate it. A loaded model is immutable and carries a precompiled, index-based 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -150,10 +152,37 @@ class CompiledHalf:
 
 
 @dataclass(frozen=True, slots=True)
+class StateLayout:
+    """What a stored contact state says about the model it was computed under.
+
+    ``fingerprint``: 32 bits of a hash of everything in the model that changes a state or its
+    due time (components, event rules, halves; not the version string). ``component_ids``: a
+    32-bit hash of each component name, in the order of the state's values (None: a version 1
+    state, in the order of the model that reads it).
+    """
+
+    fingerprint: int
+    component_ids: tuple[int, ...] | None
+
+
+def name_id(name: str) -> int:
+    """The 32-bit id of a component name in a stored state."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
+
+
+def model_fingerprint(model: ScoringModel) -> int:
+    """32 bits of blake2b over the canonical JSON of the model without its version."""
+    content = model.model_dump(mode="json", exclude={"version"})
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledModel:
     """The index-based form of a model that the hot path uses."""
 
     version: str
+    layout: StateLayout  # interned (engagement_index.core.state.interned_layout)
     names: tuple[str, ...]
     half_life_ms: tuple[float, ...]
     saturation: tuple[float, ...]
@@ -218,8 +247,14 @@ def _compile(model: ScoringModel) -> CompiledModel:
             ),
         )
 
+    from engagement_index.core.state import interned_layout  # state imports this module
+
+    layout = StateLayout(model_fingerprint(model), tuple(name_id(n) for n in names))
+    if len(set(layout.component_ids or ())) != len(names):
+        raise ModelError("components: two component names have the same 32-bit id; rename one")
     return CompiledModel(
         version=model.version,
+        layout=interned_layout(layout),
         names=names,
         half_life_ms=tuple(c.half_life * 1000.0 for c in model.components.values()),
         saturation=tuple(c.saturation for c in model.components.values()),

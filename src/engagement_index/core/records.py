@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-TransitionReason = Literal["first_seen", "customer_event", "threshold", "decay"]
+TransitionReason = Literal["first_seen", "customer_event", "threshold", "decay", "model_change"]
 HalfName = Literal["pre_purchase", "post_purchase"]
 _RFC3339_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 

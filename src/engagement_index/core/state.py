@@ -2,17 +2,20 @@
 
 Invariants of :class:`ContactState`:
 
-* ``values`` are the decayed sums of the model's components (model order), all referred to
-  the one shared time ``clock_ms``. ``clock_ms`` is the largest event timestamp seen, or the
+* ``values`` are the decayed sums of the components of ``layout`` (in its order), all referred
+  to the one shared time ``clock_ms``. ``clock_ms`` is the largest event timestamp seen, or the
   time ``tau`` of the last decay transition if that is later.
+* ``layout`` names the model the state was computed under: its fingerprint and the ids of its
+  components (see :class:`StateLayout`). A state whose layout is not the model's is migrated
+  before it is used (``engagement_index.core.lifecycle``).
 * ``first_seen_ms <= last_event_ms <= clock_ms``; ``last_event_ms`` is the largest event
   timestamp, ``first_seen_ms`` the smallest.
 * ``due_ms`` is the time of the pending decay transition (only in an upper stage), always
-  ``> clock_ms``; None when there is none.
-* ``recent_ids`` holds the 7-byte digests of the ``ID_WINDOW`` most recently applied event ids,
-  oldest first.
+  ``> clock_ms``; None when there is none. It belongs to the model of ``layout``.
 * ``active_days``: bit ``i`` is set when an event with positive points happened on UTC day
   ``last_event_ms // MS_PER_DAY - i`` (``i < ACTIVITY_DAYS``).
+
+Duplicate event ids are not part of the state: see :mod:`engagement_index.core.dedupe`.
 """
 
 from __future__ import annotations
@@ -23,30 +26,31 @@ import struct
 from dataclasses import dataclass
 
 from engagement_index.core.events import ContactKey
-from engagement_index.core.model import CompiledModel, ScoringModel
+from engagement_index.core.model import CompiledModel, ScoringModel, StateLayout
 from engagement_index.core.timestamps import MAX_MS, MIN_MS, MS_PER_DAY
 from engagement_index.errors import StateDecodeError
 
-#: How many recent event ids a contact remembers for duplicate detection.
-ID_WINDOW = 16
-#: Bytes of the blake2b digest kept per event id.
-ID_DIGEST_BYTES = 7
 #: Days covered by the activity bitmap (at least the 90 of ``active_days_90d``).
 ACTIVITY_DAYS = 96
 ACTIVITY_MASK = (1 << ACTIVITY_DAYS) - 1
 
-STATE_VERSION = 1
-# version, flags (bit0 post-purchase half, bit1 upper stage, bits 3-7 number of ids), clock,
-# events counted; then 3 x 7-byte unsigned deltas (clock - first seen, clock - last event,
-# due - clock or 0), 12 bytes of activity bitmap, 8 bytes per component, 7 bytes per id.
+STATE_VERSION = 2
+# version, flags (bit0 post-purchase half, bit1 upper stage), clock, events counted; model
+# fingerprint (u32), number of components (u8), one u32 id per component; then 3 x 7-byte
+# unsigned deltas (clock - first seen, clock - last event, due - clock or 0), 12 bytes of
+# activity bitmap, 8 bytes per component.
 _HEAD = struct.Struct("<BBqI")
+_LAYOUT_HEAD = struct.Struct("<IB")
 _DELTA = 7
 _BITMAP = ACTIVITY_DAYS // 8
-_FIXED = _HEAD.size + 3 * _DELTA + _BITMAP
 _MAX_COUNT = 0xFFFF_FFFF
+# version 1 (before the model fingerprint): no layout, then up to 16 x 7-byte event id digests
+_V1_FIXED = _HEAD.size + 3 * _DELTA + _BITMAP
+_V1_ID_BYTES = 7
 
-
-_IDS = tuple(struct.Struct(f"{ID_DIGEST_BYTES}s" * n) for n in range(ID_WINDOW + 1))
+#: The layout of version 1 states: computed under an unknown model, components in the order of
+#: the model that reads them (the only order version 1 knew).
+LEGACY_LAYOUT = StateLayout(fingerprint=0, component_ids=None)
 
 
 @functools.cache
@@ -54,11 +58,30 @@ def _values_struct(count: int) -> struct.Struct:
     return struct.Struct(f"<{count}d")
 
 
-def id_digest(event_id: str) -> bytes:
-    """The digest of an event id kept in the duplicate window."""
-    return hashlib.blake2b(
-        event_id.encode("utf-8", "surrogatepass"), digest_size=ID_DIGEST_BYTES
-    ).digest()
+@functools.cache
+def _layout_of(raw: bytes) -> StateLayout:
+    """The (interned) layout encoded in ``raw``: equal layouts are the same object."""
+    fingerprint, count = _LAYOUT_HEAD.unpack_from(raw)
+    ids = struct.unpack_from(f"<{count}I", raw, _LAYOUT_HEAD.size)
+    return StateLayout(fingerprint=fingerprint, component_ids=ids)
+
+
+def layout_bytes(layout: StateLayout) -> bytes:
+    """The encoded form of a (non-legacy) layout."""
+    ids = layout.component_ids
+    if ids is None:
+        raise ValueError("the legacy layout is never encoded")
+    return _LAYOUT_HEAD.pack(layout.fingerprint, len(ids)) + struct.pack(f"<{len(ids)}I", *ids)
+
+
+def interned_layout(layout: StateLayout) -> StateLayout:
+    """The layout object that decoding a state of ``layout`` returns (identity comparisons)."""
+    return _layout_of(layout_bytes(layout))
+
+
+def event_id_digest(event_id: str) -> bytes:
+    """The 7-byte blake2b digest of an event id (the duplicate window keeps these)."""
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=7).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +97,9 @@ class ContactState:
     first_seen_ms: int
     last_event_ms: int
     events_counted: int
-    recent_ids: tuple[bytes, ...]
     active_days: int
     due_ms: int | None
+    layout: StateLayout
 
     @property
     def key(self) -> ContactKey:
@@ -113,60 +136,73 @@ def active_days_between(state: ContactState, at_ms: int, days: int) -> int:
 
 def encode_state(state: ContactState) -> bytes:
     """Compact binary form (version byte first); the key is not included."""
-    ids = state.recent_ids
-    if len(ids) > ID_WINDOW:
-        raise ValueError("too many recent ids")
-    flags = int(state.post_purchase) | (int(state.upper) << 1) | (len(ids) << 3)
+    flags = int(state.post_purchase) | (int(state.upper) << 1)
     due = 0 if state.due_ms is None else state.due_ms - state.clock_ms
+    layout = state.layout
+    if layout.component_ids is None or len(layout.component_ids) != len(state.values):
+        raise ValueError("a state is encoded with the layout of the model it was computed under")
     parts = [
         _HEAD.pack(STATE_VERSION, flags, state.clock_ms, min(state.events_counted, _MAX_COUNT)),
+        layout_bytes(layout),
         (state.clock_ms - state.first_seen_ms).to_bytes(_DELTA, "little"),
         (state.clock_ms - state.last_event_ms).to_bytes(_DELTA, "little"),
         due.to_bytes(_DELTA, "little"),
         state.active_days.to_bytes(_BITMAP, "little"),
         _values_struct(len(state.values)).pack(*state.values),
-        *ids,
     ]
     return b"".join(parts)
 
 
-def peek_state(data: bytes) -> tuple[bool, bool, int | None]:
-    """``(post_purchase, upper, due_ms)`` of an encoded state, without decoding the rest.
+def _parse(data: bytes) -> tuple[int, int, int, StateLayout, int, int]:
+    """``(flags, clock, counted, layout, position of the deltas, number of values)``."""
+    if len(data) < _V1_FIXED + 8 or data[0] not in (1, STATE_VERSION):
+        raise StateDecodeError(
+            f"not a version 1 or {STATE_VERSION} contact state ({len(data)} bytes)"
+        )
+    _version, flags, clock, counted = _HEAD.unpack_from(data)
+    if data[0] == 1:
+        n_ids = flags >> 3
+        rest = len(data) - _V1_FIXED - n_ids * _V1_ID_BYTES
+        if flags & 0b100 or n_ids > 16 or rest <= 0 or rest % 8:
+            raise StateDecodeError("corrupt contact state")
+        return flags & 0b11, clock, counted, LEGACY_LAYOUT, _HEAD.size, rest // 8
+    if flags & ~0b11:
+        raise StateDecodeError("corrupt contact state")
+    pos = _HEAD.size
+    count = data[pos + 4]
+    end = pos + _LAYOUT_HEAD.size + 4 * count
+    if count == 0 or len(data) != end + 3 * _DELTA + _BITMAP + 8 * count:
+        raise StateDecodeError("corrupt contact state")
+    return flags, clock, counted, _layout_of(data[pos:end]), end, count
+
+
+def peek_state(data: bytes) -> tuple[bool, bool, int | None, StateLayout]:
+    """``(post_purchase, upper, due_ms, layout)`` of an encoded state, not decoding the rest.
 
     Checks the version and the length like :func:`decode_state` (``StateDecodeError``).
     """
-    if len(data) < _FIXED or data[0] != STATE_VERSION:
-        raise StateDecodeError(f"not a version {STATE_VERSION} contact state ({len(data)} bytes)")
-    _version, flags, clock, _counted = _HEAD.unpack_from(data)
-    n_ids = flags >> 3
-    rest = len(data) - _FIXED - n_ids * ID_DIGEST_BYTES
-    if flags & 0b100 or n_ids > ID_WINDOW or rest <= 0 or rest % 8:
-        raise StateDecodeError("corrupt contact state")
-    pos = _HEAD.size + 2 * _DELTA
+    flags, clock, _counted, layout, pos, _count = _parse(data)
+    pos += 2 * _DELTA
     due_delta = int.from_bytes(data[pos : pos + _DELTA], "little")
-    return bool(flags & 1), bool(flags & 2), clock + due_delta if due_delta else None
+    return bool(flags & 1), bool(flags & 2), clock + due_delta if due_delta else None, layout
 
 
 def decode_state(data: bytes, key: ContactKey) -> ContactState:
-    """Inverse of :func:`encode_state`; ``StateDecodeError`` if the bytes are not a state."""
+    """Inverse of :func:`encode_state`; ``StateDecodeError`` if the bytes are not a state.
+
+    Version 1 states (before the layout) decode with :data:`LEGACY_LAYOUT`; their duplicate
+    window is dropped.
+    """
     if type(data) is not bytes:
         data = bytes(data)
-    if len(data) < _FIXED or data[0] != STATE_VERSION:
-        raise StateDecodeError(f"not a version {STATE_VERSION} contact state ({len(data)} bytes)")
-    _version, flags, clock, counted = _HEAD.unpack_from(data)
-    n_ids = flags >> 3
-    rest = len(data) - _FIXED - n_ids * ID_DIGEST_BYTES
-    if flags & 0b100 or n_ids > ID_WINDOW or rest <= 0 or rest % 8:
-        raise StateDecodeError("corrupt contact state")
-    pos = _HEAD.size
+    flags, clock, counted, layout, pos, count = _parse(data)
     first_delta = int.from_bytes(data[pos : pos + _DELTA], "little")
     last_delta = int.from_bytes(data[pos + _DELTA : pos + 2 * _DELTA], "little")
     due_delta = int.from_bytes(data[pos + 2 * _DELTA : pos + 3 * _DELTA], "little")
     pos += 3 * _DELTA
     bitmap = int.from_bytes(data[pos : pos + _BITMAP], "little")
     pos += _BITMAP
-    values = _values_struct(rest // 8).unpack_from(data, pos)
-    ids: tuple[bytes, ...] = _IDS[n_ids].unpack_from(data, pos + rest)
+    values = _values_struct(count).unpack_from(data, pos)
     first = clock - first_delta
     last = clock - last_delta
     if not MIN_MS <= first <= last <= clock <= MAX_MS:
@@ -181,7 +217,7 @@ def decode_state(data: bytes, key: ContactKey) -> ContactState:
         first_seen_ms=first,
         last_event_ms=last,
         events_counted=counted,
-        recent_ids=ids,
         active_days=bitmap,
         due_ms=clock + due_delta if due_delta else None,
+        layout=layout,
     )

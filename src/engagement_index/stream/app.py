@@ -356,19 +356,26 @@ class Worker:
         topic = self.contacts.changelog_topic.get_topic_name()
         owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
         halves = self.model.compiled.halves
+        layout = self.model.compiled.layout
+        legacy_sources = self.topology.scoring_sources
         stage_counts = self.stage_counts
-        count = 0
+        count = foreign = 0
         for partition in owned:
             db = store._db_for_partition(partition)
             for raw_key, raw_value in store._visible_items(db):
                 try:
-                    stored = StoredContact.decode(bytes(raw_value))
-                    post, upper, due_ms = peek_state(stored.state_bytes)
+                    stored = StoredContact.decode(bytes(raw_value), legacy_sources)
+                    post, upper, due_ms, state_layout = peek_state(stored.state_bytes)
                     ContactKey.decode(bytes(raw_key))
                 except Exception:
                     self.metrics.errors.labels(where="recovery").inc()
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
+                if state_layout is not layout:
+                    # computed under another model: its due time is not this model's. Wake it
+                    # at once; the wake-up migrates it (and re-checks its stage)
+                    due_ms = 1
+                    foreign += 1
                 self.due.set(partition, bytes(raw_key), due_ms)
                 half = halves[post]
                 stage_counts[half.upper_stage if upper else half.lower_stage] += 1
@@ -376,6 +383,7 @@ class Worker:
                 if count % 10_000 == 0:
                     await asyncio.sleep(0)
         self.metrics.recovery_contacts.inc(count)
+        self.metrics.model_migrations.inc(foreign)
         self._publish_gauges()
         self.recovered = True
         # everything alive now (modules, Faust, the recovered index) stays: collect garbage
@@ -390,6 +398,13 @@ class Worker:
             sorted(owned),
             time.monotonic() - started,
         )
+        if foreign:
+            log.warning(
+                "%d contacts hold a state of another model than %r: each is woken now to migrate "
+                "(see docs/operations.md, model upgrades)",
+                foreign,
+                self.model.version,
+            )
 
     def _publish_gauges(self) -> None:
         self.metrics.due_index_size.set(len(self.due))
@@ -473,7 +488,8 @@ class Worker:
         raw = self.contacts.get(raw_key)
         if raw is None:
             return not_found(key), 404
-        state = decode_state(StoredContact.decode(bytes(raw)).state_bytes, key)
+        stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
+        state = decode_state(stored.state_bytes, key)
         snapshot = evaluate(state, self.clock_ms(), self.model)
         history_raw = self.history.get(raw_key)
         import json

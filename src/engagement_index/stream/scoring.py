@@ -8,7 +8,9 @@ tables, and gets back what to send and what to store. That keeps the delivery ru
   never ahead of what was published. A crash re-delivers the batch; records already reflected
   in the state are recognised by their per-source offset and skipped, and their outputs were
   already acknowledged, so nothing is lost and nothing is counted twice.
-* Upstream duplicates (same ``event_id`` for a contact) are dropped by the core's id window.
+* Upstream duplicates (same ``event_id`` for a contact, arriving within the dedupe window of
+  the applied copy, by record timestamp) are dropped by ``core.dedupe``; the window is kept in
+  the contact's table value.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import orjson
 
 from engagement_index import __version__
 from engagement_index.core.decay import index_of
+from engagement_index.core.dedupe import EMPTY as EMPTY_SEEN
+from engagement_index.core.dedupe import SeenIds, admit
 from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import (
     ContactKey,
@@ -38,10 +42,10 @@ from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.records import Transition
 from engagement_index.core.state import ContactState, decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
-from engagement_index.errors import EventRejected
+from engagement_index.errors import ConfigError, EventRejected
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
-from engagement_index.stream.stored import StoredContact
+from engagement_index.stream.stored import StoredContact, source_id
 from engagement_index.topology import Topology
 
 TICK = struct.Struct("<q")
@@ -121,7 +125,13 @@ class BatchScorer:
         self.settings = settings
         self.metrics = metrics
         self.clock_ms = clock_ms
-        self._source_index = {name: i for i, name in enumerate(topology.scoring_sources)}
+        self._source_index = {name: source_id(name) for name in topology.scoring_sources}
+        if len(set(self._source_index.values())) != len(self._source_index):
+            raise ConfigError(
+                "two scoring sources have the same 16-bit id in stored values; rename one"
+            )
+        self._legacy_sources = tuple(topology.scoring_sources)
+        self._dedupe_window_ms = int(settings.dedupe_window_seconds * 1000)
         self._rekey_topic = topology.internal.rekey.name
         self._partitions = topology.scoring_partitions
         self._tick_topic = topology.internal.ticks.name
@@ -272,20 +282,35 @@ class BatchScorer:
             # changelog, which another worker restores from, is not left behind the store.
             self._rewrite(key, index, entry, out, histories, load_history)
             return "duplicate"
-        previous = entry.state(key, contact) if entry is not None else None
-        state, transitions = apply_fields(previous, fields, self._compiled)
-        duplicate = previous is not None and state is previous
+        seen = admit(
+            entry.seen if entry is not None else EMPTY_SEEN,
+            fields.event_id,
+            record.timestamp_ms,
+            self._dedupe_window_ms,
+        )
         if entry is None:
-            entry = _Entry(None, {}, math.nan)
-        published = entry.published_index
-        if not duplicate:
-            published = self._emit(
-                index, key, record, state, transitions, published, out, histories, load_history
+            entry = _Entry(None, {}, math.nan, EMPTY_SEEN)
+        duplicate = seen is None
+        if seen is not None:
+            previous = entry.state(key, contact) if entry.known else None
+            state, transitions = apply_fields(previous, fields, self._compiled)
+            entry.published_index = self._emit(
+                index,
+                key,
+                record,
+                state,
+                transitions,
+                entry.published_index,
+                out,
+                histories,
+                load_history,
             )
+            entry.set_state(state)
+            entry.seen = seen
+        elif not entry.known:  # a duplicate of nothing: cannot happen (the window is empty)
+            return "duplicate"
         # all checks passed: commit the contact's new state to the batch cache
         entry.offsets[source] = record.offset
-        entry.published_index = published
-        entry.set_state(state)
         entry.last_index = index
         contacts[key] = entry
         out.latency_from_ms.append(record.timestamp_ms)
@@ -315,6 +340,9 @@ class BatchScorer:
         state, transitions = advance(previous, decode_tick(record.value), self._compiled)
         if not transitions:
             out.due_updates[key] = (record.partition, state.due_ms)
+            if state is not previous:  # migrated to a changed model: keep the new due time
+                entry.set_state(state)
+                entry.last_index = index
             return
         published = self._emit(
             index,
@@ -455,8 +483,8 @@ class BatchScorer:
         out.sends.append(OutboundRecord(self._dlq_topic, record.key, record.value, headers))
 
     # ------------------------------------------------------------------ tables
-    @staticmethod
     def _load(
+        self,
         key: bytes,
         index: int,
         cache: dict[bytes, _Entry | None],
@@ -464,11 +492,12 @@ class BatchScorer:
     ) -> _Entry | None:
         if key in cache:
             return cache[key]
+        legacy_sources = self._legacy_sources
         raw = load(key, index)
         entry = None
         if raw is not None:
-            stored = StoredContact.decode(raw)
-            entry = _Entry(stored.state_bytes, stored.offsets, stored.published_index)
+            stored = StoredContact.decode(raw, legacy_sources)
+            entry = _Entry(stored.state_bytes, stored.offsets, stored.published_index, stored.seen)
         cache[key] = entry
         return entry
 
@@ -489,16 +518,26 @@ class BatchScorer:
 class _Entry:
     """A contact within one batch: its stored bookkeeping and its state, decoded lazily."""
 
-    __slots__ = ("_state", "_state_bytes", "last_index", "offsets", "published_index")
+    __slots__ = ("_state", "_state_bytes", "last_index", "offsets", "published_index", "seen")
 
     def __init__(
-        self, state_bytes: bytes | None, offsets: dict[int, int], published_index: float
+        self,
+        state_bytes: bytes | None,
+        offsets: dict[int, int],
+        published_index: float,
+        seen: SeenIds,
     ) -> None:
         self._state_bytes = state_bytes
         self._state: ContactState | None = None
         self.offsets = offsets
         self.published_index = published_index
+        self.seen = seen
         self.last_index = -1  # index in the batch of the last record that changed it
+
+    @property
+    def known(self) -> bool:
+        """True once the contact has a state (stored, or made in this batch)."""
+        return self._state is not None or self._state_bytes is not None
 
     def state(self, key: bytes, contact: ContactKey | None = None) -> ContactState:
         """The contact's state (decoded on first use); ``contact``: ``key`` decoded, if known."""
@@ -522,4 +561,4 @@ class _Entry:
         if state_bytes is None:
             assert self._state is not None
             state_bytes = self._state_bytes = encode_state(self._state)
-        return StoredContact(state_bytes, self.offsets, self.published_index).encode()
+        return StoredContact(state_bytes, self.offsets, self.published_index, self.seen).encode()

@@ -2,27 +2,41 @@
 
 Layout (all integers little-endian / unsigned LEB128 varints)::
 
-    version:u8=1  published_index:f32  n:u8  n x (source:u8, offset:varint)  core-state bytes
+    version:u8=2  published_index:f32  n:u8  n x (source:u16, offset:varint)
+    duplicate window (engagement_index.core.dedupe.encode_seen)  core-state bytes
 
-``source`` is the index of the topic in ``Topology.scoring_sources``; ``offset`` is the last
-record offset of that topic applied to this contact. Because every source is co-partitioned,
-one contact reads exactly one partition of each source, so a redelivered record (offset at or
-below the stored one) is recognised exactly, however many events arrived since the last commit.
+``source`` is the 16-bit id of the topic (:func:`source_id`, a hash of its name, so the
+order of ``scoring_sources`` in the topology may change); ``offset`` is the last record offset
+of that topic applied to this contact. Because every source is co-partitioned, one contact
+reads exactly one partition of each source, so a redelivered record (offset at or below the
+stored one) is recognised exactly, however many events arrived since the last commit.
+
+Version 1 values (sources by their position in ``scoring_sources``, no duplicate window) are
+still read: :meth:`StoredContact.decode` maps positions through ``legacy_sources``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engagement_index.errors import EngagementIndexError
+from engagement_index.core.dedupe import EMPTY, SeenIds, decode_seen, encode_seen
+from engagement_index.errors import EngagementIndexError, StateDecodeError
 
 _HEAD = struct.Struct("<Bf B")
-VERSION = 1
+_SOURCE = struct.Struct("<H")
+VERSION = 2
 
 
 class StoredStateError(EngagementIndexError):
     """A stored value cannot be decoded."""
+
+
+def source_id(topic: str) -> int:
+    """The 16-bit id of a scoring source in stored values."""
+    return int.from_bytes(hashlib.blake2b(topic.encode(), digest_size=2).digest(), "little")
 
 
 def _put_varint(out: bytearray, value: int) -> None:
@@ -51,35 +65,53 @@ def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 @dataclass(slots=True)
 class StoredContact:
-    """Decoded table value: last applied offsets per source, last published index, core bytes."""
+    """Decoded table value: last applied offsets per source id, last published index, the
+    duplicate window and the core state bytes."""
 
     state_bytes: bytes
     offsets: dict[int, int] = field(default_factory=dict)
     published_index: float = float("nan")
+    seen: SeenIds = EMPTY
 
     def encode(self) -> bytes:
         """Serialise for the table."""
         out = bytearray(_HEAD.pack(VERSION, self.published_index, len(self.offsets)))
         for source, offset in sorted(self.offsets.items()):
-            out.append(source)
+            out += _SOURCE.pack(source)
             _put_varint(out, offset)
+        out += encode_seen(self.seen)
         out += self.state_bytes
         return bytes(out)
 
     @classmethod
-    def decode(cls, data: bytes) -> StoredContact:
-        """Parse a table value written by :meth:`encode`."""
+    def decode(cls, data: bytes, legacy_sources: Sequence[str] = ()) -> StoredContact:
+        """Parse a table value written by :meth:`encode` (or by version 1)."""
         if len(data) < _HEAD.size:
             raise StoredStateError("stored value too short")
         version, published, count = _HEAD.unpack_from(data, 0)
-        if version != VERSION:
+        if version not in (1, VERSION):
             raise StoredStateError(f"unknown stored value version {version}")
         pos = _HEAD.size
         offsets: dict[int, int] = {}
         for _ in range(count):
-            if pos >= len(data):
-                raise StoredStateError("truncated offsets")
-            source = data[pos]
-            offset, pos = _get_varint(data, pos + 1)
+            if version == 1:
+                if pos >= len(data):
+                    raise StoredStateError("truncated offsets")
+                position = data[pos]
+                if position >= len(legacy_sources):
+                    raise StoredStateError(f"version 1 value names source #{position}")
+                source, pos = source_id(legacy_sources[position]), pos + 1
+            else:
+                if pos + _SOURCE.size > len(data):
+                    raise StoredStateError("truncated offsets")
+                (source,) = _SOURCE.unpack_from(data, pos)
+                pos += _SOURCE.size
+            offset, pos = _get_varint(data, pos)
             offsets[source] = offset
-        return cls(state_bytes=data[pos:], offsets=offsets, published_index=published)
+        seen = EMPTY
+        if version == VERSION:
+            try:
+                seen, pos = decode_seen(data, pos)
+            except StateDecodeError as exc:
+                raise StoredStateError(str(exc)) from None
+        return cls(state_bytes=data[pos:], offsets=offsets, published_index=published, seen=seen)

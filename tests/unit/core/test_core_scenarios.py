@@ -188,31 +188,6 @@ def test_event_exactly_at_tau_gets_the_decay_first(tmodel: ScoringModel, ev: Eve
     assert [t.reason for t in out] == ["first_seen"]
 
 
-def test_duplicate_ids_are_ignored(tmodel: ScoringModel, ev: EventFactory) -> None:
-    first = ev("a.hit", T0, id="x")
-    state, _ = step(None, first, tmodel)
-    again, out = step(state, first, tmodel)
-    assert again is state
-    assert out == []
-    # same id, other content: still a duplicate
-    again, out = step(state, ev("a.neg", T0 + 5, id="x"), tmodel)
-    assert again is state
-    assert out == []
-    assert evaluate(state, T0, tmodel).events_counted == 1
-
-
-def test_duplicate_window_is_bounded(tmodel: ScoringModel, ev: EventFactory) -> None:
-    state, _ = step(None, ev("a.zero", T0, id="old"), tmodel)
-    for i in range(15):
-        state, _ = step(state, ev("a.zero", T0, id=f"n{i}"), tmodel)
-    same, _ = step(state, ev("a.zero", T0, id="old"), tmodel)
-    assert same is state  # still within the 16 most recent
-    state, _ = step(state, ev("a.zero", T0, id="n15"), tmodel)
-    newer, _ = step(state, ev("a.zero", T0, id="old"), tmodel)
-    assert newer is not state  # forgotten after 16 newer ids
-    assert newer.events_counted == 18
-
-
 def test_late_event(tmodel: ScoringModel, ev: EventFactory) -> None:
     state, out = _run(tmodel, [("a.small", T0 + DAY), ("a.hit", T0)], ev)
     # D at the clock (t0 + 1 day) = 5 + 10 / 2 = 10 -> 50: enters purchase at the clock

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from engagement_index.core.dedupe import EMPTY as EMPTY_SEEN
+from engagement_index.core.dedupe import admit
 from engagement_index.core.events import ContactKey
 from engagement_index.core.model import load_model
 from engagement_index.core.partitioning import canonical_partition
+from engagement_index.core.state import decode_state
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.due_index import DueIndex
@@ -22,7 +25,7 @@ from engagement_index.stream.scoring import (
     encode_tick,
     stage_of,
 )
-from engagement_index.stream.stored import StoredContact, StoredStateError
+from engagement_index.stream.stored import StoredContact, StoredStateError, source_id
 from engagement_index.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,6 +86,7 @@ def run(scorer: BatchScorer, tables: Tables, records: list[InboundRecord]) -> ob
 
 
 PARTITIONS = load_topology(ROOT / "streams" / "topology.yaml").scoring_partitions
+WEB = source_id("events.web")
 
 
 def rec(
@@ -136,7 +140,7 @@ def test_scores_and_emits_first_seen_then_threshold(scorer: BatchScorer) -> None
     written = out.contact_writes[KEY][1]
     assert written is not None
     stored = StoredContact.decode(written)
-    assert stored.offsets == {0: 11}
+    assert stored.offsets == {WEB: 11}
 
 
 def test_redelivered_records_are_skipped_by_offset(scorer: BatchScorer) -> None:
@@ -165,7 +169,7 @@ def test_upstream_duplicate_ids_do_not_count_twice(scorer: BatchScorer) -> None:
     tables = Tables()
     run(scorer, tables, [rec(0, event(1, 36_000)), rec(1, event(1, 36_000))])
     stored = StoredContact.decode(tables.contacts[KEY])
-    assert stored.offsets == {0: 1}, "the duplicate's offset is still recorded"
+    assert stored.offsets == {WEB: 1}, "the duplicate's offset is still recorded"
     counted = scorer.metrics.registry.get_sample_value(
         "engagement_events_consumed_total", {"channel": "web", "outcome": "scored"}
     )
@@ -254,7 +258,6 @@ def test_stage_of_names_the_half_stage(scorer: BatchScorer) -> None:
     tables = Tables()
     out = run(scorer, tables, [rec(0, event(0, 36_000, etype="commerce.purchase"))])
     del out
-    from engagement_index.core.state import decode_state
 
     state = decode_state(
         StoredContact.decode(tables.contacts[KEY]).state_bytes, ContactKey("acme", "c-1")
@@ -263,17 +266,25 @@ def test_stage_of_names_the_half_stage(scorer: BatchScorer) -> None:
 
 
 def test_stored_contact_round_trip_and_errors() -> None:
-    stored = StoredContact(b"core", {0: 5, 6: 2**40}, 12.5)
+    seen = admit(EMPTY_SEEN, "e-1", NOW, 1000)
+    assert seen is not None
+    stored = StoredContact(b"core", {0: 5, 65535: 2**40}, 12.5, seen)
     again = StoredContact.decode(stored.encode())
-    assert (again.state_bytes, again.offsets, again.published_index) == (
+    assert (again.state_bytes, again.offsets, again.published_index, again.seen) == (
         b"core",
-        {0: 5, 6: 2**40},
+        {0: 5, 65535: 2**40},
         12.5,
+        seen,
     )
     with pytest.raises(StoredStateError):
-        StoredContact.decode(b"\x02" + stored.encode()[1:])
+        StoredContact.decode(b"\x03" + stored.encode()[1:])
     with pytest.raises(StoredStateError):
         StoredContact.decode(b"\x01")
+    # version 1 (the previous release): sources by position in scoring_sources, no window
+    v1 = b"\x01" + stored.encode()[1:5] + b"\x02\x00\x05\x01\x80\x01" + b"core"
+    legacy = StoredContact.decode(v1, ["events.web", "events.email"])
+    assert legacy.offsets == {WEB: 5, source_id("events.email"): 128}
+    assert (legacy.state_bytes, legacy.seen) == (b"core", EMPTY_SEEN)
 
 
 def test_due_index_pops_due_entries_only_and_retries() -> None:
@@ -364,7 +375,7 @@ def test_an_erasure_in_the_same_batch_as_events_wins_over_earlier_ones(
     )
     assert isinstance(out, BatchOutcome)
     stored = StoredContact.decode(tables.contacts[KEY])
-    assert stored.offsets == {0: 1}, "only the event after the erasure is in the new state"
+    assert stored.offsets == {WEB: 1}, "only the event after the erasure is in the new state"
     history = json.loads(tables.history[KEY])
     assert [t["reason"] for t in history] == ["first_seen"]
 
@@ -378,3 +389,28 @@ def test_bad_or_misrouted_erasure_requests(scorer: BatchScorer) -> None:
     assert isinstance(moved, BatchOutcome)
     assert [(s.topic, s.key) for s in moved.sends] == [(ERASURES_IN, KEY)]
     assert moved.contact_writes == {}
+
+
+def test_a_re_sent_id_is_a_duplicate_long_after_but_counts_again_after_the_window(
+    scorer: BatchScorer,
+) -> None:
+    tables = Tables()
+    day = 86_400_000
+    first = rec(0, event(100, 36_000))._replace(timestamp_ms=NOW - 4 * day)
+    others = [
+        rec(1 + i, event(i, 36_001 + i))._replace(timestamp_ms=NOW - 4 * day + i) for i in range(40)
+    ]
+    run(scorer, tables, [first, *others])
+    # 40 events later, 2 days after the first copy's arrival: ignored
+    resent = rec(41, event(100, 36_000))._replace(timestamp_ms=NOW - 2 * day)
+    run(scorer, tables, [resent])
+    state = decode_state(
+        StoredContact.decode(tables.contacts[KEY]).state_bytes, ContactKey("acme", "c-1")
+    )
+    assert state.events_counted == 41
+    # 4 days after the first copy (past the default 72 h): counted again
+    run(scorer, tables, [rec(42, event(100, 36_000))._replace(timestamp_ms=NOW)])
+    state = decode_state(
+        StoredContact.decode(tables.contacts[KEY]).state_bytes, ContactKey("acme", "c-1")
+    )
+    assert state.events_counted == 42
