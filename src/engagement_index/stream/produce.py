@@ -69,35 +69,24 @@ async def send_batched(producer: Any, records: Iterable[Record]) -> list[SentGro
         batch = producer.create_batch()
         count = 0
         for key, value, headers, timestamp in items:
-            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
-                if count == 0:  # a record larger than a whole batch: let send() judge it
-                    future = await producer.send(
-                        topic,
-                        value,
-                        key=key,
-                        partition=partition,
-                        headers=headers,
-                        timestamp_ms=timestamp,
-                    )
-                    sent.append(SentGroup(topic, partition, 1, future))
-                    continue
+            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is not None:
+                count += 1
+                continue
+            if count:  # the batch is full: submit it and start another
                 batch.close()
                 future = await producer.send_batch(batch, topic, partition=partition)
                 sent.append(SentGroup(topic, partition, count, future))
                 batch = producer.create_batch()
                 count = 0
-                if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
-                    future = await producer.send(
-                        topic,
-                        value,
-                        key=key,
-                        partition=partition,
-                        headers=headers,
-                        timestamp_ms=timestamp,
-                    )
-                    sent.append(SentGroup(topic, partition, 1, future))
+                appended = batch.append(key=key, value=value, timestamp=timestamp, headers=headers)
+                if appended is not None:
+                    count = 1
                     continue
-            count += 1
+            # a record larger than a whole batch: let send() judge it
+            future = await producer.send(
+                topic, value, key=key, partition=partition, headers=headers, timestamp_ms=timestamp
+            )
+            sent.append(SentGroup(topic, partition, 1, future))
         if count:
             batch.close()
             future = await producer.send_batch(batch, topic, partition=partition)
