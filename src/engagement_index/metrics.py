@@ -83,9 +83,16 @@ class Metrics:
             ["step"],  # outputs | changelog | score
             registry=r,
         )
+        self.orphaned_states = Gauge(
+            "engagement_orphaned_states",
+            "Contact states found at recovery on another partition than their key's canonical "
+            "one (left by an earlier release; see docs/topology.md).",
+            registry=r,
+        )
         self.model_migrations = Counter(
             "engagement_model_migrations_total",
-            "Contacts found at recovery with a state of another model (each is woken to migrate).",
+            "Contacts found at recovery with a state of another model (migrated at their next "
+            "event or wake-up; woken at once if their stage changes).",
             registry=r,
         )
         self.recovery_remaining = Gauge(

@@ -104,9 +104,9 @@ class Topology(_Frozen):
 
     @property
     def scoring_sources(self) -> list[str]:
-        """Topics the scoring agent reads, in a fixed order (their index is stored per contact).
-
-        New sources go at the end: a source's index must never change.
+        """Topics the scoring agent reads. Stored values key their offsets by a 16-bit id of
+        each topic's name (``stream.stored.source_id``); this order only maps the values of the
+        previous release (which stored positions), so keep it for that one upgrade.
         """
         return [
             *(spec.name for spec in self.inbound.values()),

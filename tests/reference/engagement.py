@@ -13,8 +13,10 @@ read with PyYAML, RFC 3339 times with ``datetime``. It favours plainness over sp
   already applied is ignored when the applied copy arrived at most ``duplicate_window_ms``
   (default 72 h) before the contact's newest arrival (the latest arrival of its applied
   records and of this record); otherwise it is applied again and its arrival becomes the new
-  reference. A record's arrival time defaults to the largest event timestamp fed so far,
-  its own included.
+  reference; an applied record that arrived more than the window before the newest arrival
+  counts as arriving at the window's start. A record's arrival time defaults to the largest
+  event timestamp fed so far, its own included. (The cap on ids per contact is not modelled:
+  tests stay below it.)
 
 Floats are not computed the way the core computes them, so compare with a tolerance (the
 document's 1e-9 for indices, 1 ms for ``tau``). Comparisons that fall within float rounding
@@ -361,7 +363,9 @@ class Reference:
                 previous = out[-1].index
             else:
                 previous = self.index(contact, contact.clock)
-        contact.applied_arrival[event_id] = arrival
+        # an arrival older than the window of the contact's newest counts as the window's start
+        newest = max([arrival, *contact.applied_arrival.values()])
+        contact.applied_arrival[event_id] = max(arrival, newest - self.window)
         contact.events.append((ts, rule.component, rule.points))
         contact.clock = max(contact.clock, ts)
         contact.first_seen = min(contact.first_seen, ts)

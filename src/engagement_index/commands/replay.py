@@ -29,6 +29,13 @@ def _time_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the sub-command's arguments."""
     parser.add_argument("events", metavar="EVENTS", help="JSON Lines file of events, or '-'")
@@ -49,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dedupe-window",
         metavar="SECONDS",
-        type=float,
+        type=_non_negative,
         default=DEFAULT_WINDOW_MS / 1000,
         help="a re-sent event id is ignored when its applied copy arrived at most this long "
         "before (arrival: the largest event timestamp read so far; default 259200 = 72 h, "

@@ -2,10 +2,13 @@
 
 Rule. Each record has an *arrival* time. A contact keeps the ids of the records applied to it
 whose arrival lies within ``window_ms`` of its *newest arrival* (the latest arrival among its
-applied records and the record at hand). A record whose id is kept is a duplicate and is
+applied records and the record at hand); an applied record that arrived even earlier than
+that counts as arriving at the window's start. A record whose id is kept is a duplicate and is
 ignored, however many other events came in between; a copy that comes later than that is
 applied again and becomes the new reference. With arrivals in order this is simply "ignored
-when it arrives at most ``window_ms`` after the applied copy".
+when it arrives at most ``window_ms`` after the applied copy". A contact keeps at most
+``MAX_IDS`` ids (the oldest go first), so one very busy contact cannot grow its table value
+without bound.
 
 *Arrival* is the time the record reached the system: the worker uses the Kafka record's
 timestamp (kept when a record is forwarded); the replay takes the arrival it is given, by
@@ -33,6 +36,8 @@ from engagement_index.errors import StateDecodeError
 
 #: Default dedupe window: 72 hours.
 DEFAULT_WINDOW_MS = 72 * 3_600_000
+#: Most ids one contact keeps (61 KB in its table value); past that the oldest are dropped.
+MAX_IDS = 4096
 DIGEST_BYTES = 7
 _COUNT = struct.Struct("<I")
 
@@ -61,8 +66,14 @@ def _find(digests: bytes, digest: bytes) -> int:
     return -1
 
 
-def admit(seen: SeenIds, event_id: str, arrival_ms: int, window_ms: int) -> SeenIds | None:
-    """None if ``event_id`` is a duplicate (see the module rule); else the window with it."""
+def admit(
+    seen: SeenIds, event_id: str, arrival_ms: int, window_ms: int, max_ids: int = MAX_IDS
+) -> SeenIds | None:
+    """None if ``event_id`` is a duplicate (see the module rule); else the window with it.
+
+    At most ``max_ids`` ids are kept: past that the oldest are dropped (a retry of one of them
+    would count again; ``len`` before and after tells the caller how many were dropped).
+    """
     digest = event_id_digest(event_id)
     digests = seen.digests
     arrivals = seen.arrivals
@@ -78,13 +89,15 @@ def admit(seen: SeenIds, event_id: str, arrival_ms: int, window_ms: int) -> Seen
     if drop:
         digests = digests[drop * DIGEST_BYTES :]
         arrivals = arrivals[drop:]
-    if arrival_ms < cutoff:  # older than the window itself: nothing to keep
-        return SeenIds(digests, arrivals)
-    at = bisect.bisect_right(arrivals, arrival_ms)
-    return SeenIds(
-        digests[: at * DIGEST_BYTES] + digest + digests[at * DIGEST_BYTES :],
-        (*arrivals[:at], arrival_ms, *arrivals[at:]),
-    )
+    kept_at = cutoff if arrival_ms < cutoff else arrival_ms  # an old arrival counts as the
+    at = bisect.bisect_right(arrivals, kept_at)  # window's start: its copies are still caught
+    digests = digests[: at * DIGEST_BYTES] + digest + digests[at * DIGEST_BYTES :]
+    arrivals = (*arrivals[:at], kept_at, *arrivals[at:])
+    over = len(arrivals) - max_ids
+    if over > 0:
+        digests = digests[over * DIGEST_BYTES :]
+        arrivals = arrivals[over:]
+    return SeenIds(digests, arrivals)
 
 
 def encode_seen(seen: SeenIds) -> bytes:

@@ -266,7 +266,7 @@ def apply_rule(
     else:
         if state.tenant != tenant or state.contact_id != contact_id:
             raise ValueError("the event belongs to another contact than the state")
-        if state.layout is not cm.layout:
+        if state.layout is not cm.layout and state.layout != cm.layout:
             state, transitions = migrate(state, cm)
             if not solve_due:
                 state = replace(state, due_ms=None)
@@ -405,7 +405,7 @@ def advance(
     """
     cm = model.compiled if isinstance(model, ScoringModel) else model
     transitions: list[Transition] = []
-    if state.layout is not cm.layout:
+    if state.layout is not cm.layout and state.layout != cm.layout:
         state, transitions = migrate(state, cm)
     if state.due_ms is None or state.due_ms > until_ms:
         return state, transitions
@@ -426,7 +426,7 @@ def evaluate(
 ) -> ContactSnapshot:
     """The contact as of ``at_ms`` (not before its clock), pending decay applied; pure."""
     cm = model.compiled if isinstance(model, ScoringModel) else model
-    if state.layout is not cm.layout:
+    if state.layout is not cm.layout and state.layout != cm.layout:
         state, _ = migrate(state, cm)
     if state.due_ms is not None and state.due_ms <= at_ms:
         state, _ = _decay(state, cm)

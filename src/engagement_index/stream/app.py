@@ -31,8 +31,9 @@ from faust.web import Request, Response, View
 
 from engagement_index import __version__
 from engagement_index.core.events import ContactKey
-from engagement_index.core.lifecycle import evaluate
+from engagement_index.core.lifecycle import evaluate, migrate
 from engagement_index.core.model import ScoringModel
+from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.state import decode_state, peek_state
 from engagement_index.errors import BatchWriteError
 from engagement_index.kafka_security import ssl_context
@@ -58,6 +59,11 @@ log = logging.getLogger("engagement_index.worker")
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch, from the wall clock (I/O layer only)."""
     return time.time_ns() // 1_000_000
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): 0.5 s doubling, at most 30 s."""
+    return float(min(30.0, 0.5 * 2 ** (attempt - 1)))
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -117,6 +123,9 @@ class Worker:
         ticks = topology.internal.ticks.name
         #: the sources that carry events: a partition's decay wake-ups wait until all are read
         self._data_sources = [t for t in topology.scoring_sources if t != ticks]
+        self._rekey_topic = topology.internal.rekey.name
+        #: partition -> offset of the last record this worker forwarded to the re-key topic
+        self._forwarded: dict[int, int] = {}
         self.scorer = BatchScorer(
             model=model,
             topology=topology,
@@ -204,7 +213,9 @@ class Worker:
         """Process a batch, retrying with back-off: no exception leaves the agent.
 
         A retry is safe: outputs are sent before states are written, and records whose
-        state was already written are recognised by their offsets on the next attempt.
+        state was already written are recognised by their offsets on the next attempt. (A
+        refused changelog write is retried inside :meth:`process_batch`, with the same
+        records.)
         """
         attempt = 0
         while True:
@@ -218,7 +229,7 @@ class Worker:
                 step = exc.step if isinstance(exc, BatchWriteError) else "score"
                 self.metrics.batch_failures.labels(step=step).inc()
                 self.metrics.errors.labels(where="batch").inc()
-                delay = min(30.0, 0.5 * 2**attempt)
+                delay = retry_delay(attempt)
                 log.exception(
                     "batch of %d records failed (attempt %d); retrying in %.1fs",
                     len(events),
@@ -261,7 +272,25 @@ class Worker:
         transaction = TableTransaction(self._aio_producer())
         transaction.stage(self.contacts, outcome.contact_writes, lambda i: records[i].partition)
         transaction.stage(self.history, outcome.history_writes, lambda i: records[i].partition)
-        await transaction.commit()
+        transaction.write_stores()
+        attempt = 0
+        while True:  # the stores are written: the same changelog records until they are acked
+            try:
+                await transaction.send_changelog()
+                break
+            except BatchWriteError:
+                attempt += 1
+                self.metrics.batch_failures.labels(step="changelog").inc()
+                self.metrics.errors.labels(where="batch").inc()
+                delay = retry_delay(attempt)
+                log.exception(
+                    "changelog records of a batch of %d not acknowledged (attempt %d); "
+                    "sending them again in %.1fs",
+                    len(records),
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         for old, new in outcome.stage_moves:
@@ -293,17 +322,22 @@ class Worker:
             ),
         )
         await asyncio.gather(*(group.future for group in groups))
+        forwarded = self._forwarded
+        for group in groups:
+            if group.topic == self._rekey_topic:
+                last = group.last_offset()
+                if last > forwarded.get(group.partition, -1):
+                    forwarded[group.partition] = last
 
     # ------------------------------------------------------------------ decay
     async def _decay_timer(self) -> None:
         if not self.recovered:
             return
         try:
-            held = [p for p in self.due.partitions() if not await self._caught_up(p)]
+            now = self.clock_ms()
+            held = [p for p in self.due.due_partitions(now) if not await self._caught_up(p)]
             self.metrics.decay_held_partitions.set(len(held))
-            due = self.due.pop_due(
-                self.clock_ms(), int(self.settings.tick_retry_seconds * 1000), skip=held
-            )
+            due = self.due.pop_due(now, int(self.settings.tick_retry_seconds * 1000), skip=held)
             ticks = [
                 OutboundRecord(
                     self.topology.internal.ticks.name, key, encode_tick(due_ms), (), partition
@@ -332,15 +366,19 @@ class Worker:
         consumer: Any = self.app.consumer
         for topic in self._data_sources:
             tp = TP(topic, partition)
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                return False  # not fetched yet since the assignment
             try:
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    return False  # not fetched yet since the assignment
                 position = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
-            except (TimeoutError, AssertionError, ValueError):
-                return False  # being reset, or not assigned (a rebalance): hold
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # being reset, or not assigned any more (a rebalance): hold
+                return False
             if position is None or position < highwater:
                 return False
+            if topic == self._rekey_topic and position <= self._forwarded.get(partition, -1):
+                return False  # a record this worker forwarded here is not read yet
         return True
 
     async def _on_partitions_revoked(self, *args: Any, **kwargs: Any) -> None:
@@ -359,24 +397,35 @@ class Worker:
         layout = self.model.compiled.layout
         legacy_sources = self.topology.scoring_sources
         stage_counts = self.stage_counts
-        count = foreign = 0
+        partitions = self.topology.scoring_partitions
+        count = foreign = orphans = 0
         for partition in owned:
             db = store._db_for_partition(partition)
             for raw_key, raw_value in store._visible_items(db):
+                key = bytes(raw_key)
                 try:
                     stored = StoredContact.decode(bytes(raw_value), legacy_sources)
                     post, upper, due_ms, state_layout = peek_state(stored.state_bytes)
-                    ContactKey.decode(bytes(raw_key))
+                    contact = ContactKey.decode(key)
+                    if canonical_partition(key, partitions) != partition:
+                        # written by a release that kept a contact where its records arrived:
+                        # the contact lives on its canonical partition now (docs/topology.md)
+                        orphans += 1
+                        continue
+                    if state_layout is not layout and state_layout != layout:
+                        # computed under another model: its due time is not this model's.
+                        # Migrated here only to index it; a contact whose stage changes is
+                        # woken at once to publish its model_change (the wake-up migrates it)
+                        foreign += 1
+                        state = decode_state(stored.state_bytes, contact)
+                        migrated, changes = migrate(state, self.model.compiled)
+                        post, upper = migrated.post_purchase, migrated.upper
+                        due_ms = 1 if changes else migrated.due_ms
                 except Exception:
                     self.metrics.errors.labels(where="recovery").inc()
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
-                if state_layout is not layout:
-                    # computed under another model: its due time is not this model's. Wake it
-                    # at once; the wake-up migrates it (and re-checks its stage)
-                    due_ms = 1
-                    foreign += 1
-                self.due.set(partition, bytes(raw_key), due_ms)
+                self.due.set(partition, key, due_ms)
                 half = halves[post]
                 stage_counts[half.upper_stage if upper else half.lower_stage] += 1
                 count += 1
@@ -384,6 +433,7 @@ class Worker:
                     await asyncio.sleep(0)
         self.metrics.recovery_contacts.inc(count)
         self.metrics.model_migrations.inc(foreign)
+        self.metrics.orphaned_states.set(orphans)
         self._publish_gauges()
         self.recovered = True
         # everything alive now (modules, Faust, the recovered index) stays: collect garbage
@@ -398,6 +448,12 @@ class Worker:
             sorted(owned),
             time.monotonic() - started,
         )
+        if orphans:
+            log.warning(
+                "%d contact states are not on their canonical partition (written by an earlier "
+                "release from a non-murmur2 producer): they are left alone; see docs/topology.md",
+                orphans,
+            )
         if foreign:
             log.warning(
                 "%d contacts hold a state of another model than %r: each is woken now to migrate "
@@ -484,14 +540,21 @@ class Worker:
         return self.recovered and not self.app.rebalancing
 
     def contact_view(self, key: ContactKey, raw_key: bytes) -> tuple[dict[str, Any], int]:
-        """The API body for one contact, with the index evaluated now."""
-        raw = self.contacts.get(raw_key)
+        """The API body for one contact, with the index evaluated now.
+
+        Read from the contact's canonical partition (where its state lives; a copy an earlier
+        release may have left on another partition is not its state).
+        """
+        partition = canonical_partition(raw_key, self.topology.scoring_partitions)
+        contacts: Any = self.contacts.data
+        raw = contacts._db_for_partition(partition).get(raw_key)
         if raw is None:
             return not_found(key), 404
         stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
         state = decode_state(stored.state_bytes, key)
         snapshot = evaluate(state, self.clock_ms(), self.model)
-        history_raw = self.history.get(raw_key)
+        history: Any = self.history.data
+        history_raw = history._db_for_partition(partition).get(raw_key)
         import json
 
         history = json.loads(bytes(history_raw)) if history_raw else []

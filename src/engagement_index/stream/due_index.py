@@ -33,9 +33,9 @@ class DueIndex:
         keys[key] = due_ms
         heapq.heappush(self._heap.setdefault(partition, []), (due_ms, key))
 
-    def partitions(self) -> list[int]:
-        """Partitions with at least one entry (the decay timer checks only these)."""
-        return [p for p, keys in self._due.items() if keys]
+    def due_partitions(self, now_ms: int) -> list[int]:
+        """Partitions with an entry due at or before ``now_ms`` (the timer checks only these)."""
+        return [p for p, heap in self._heap.items() if heap and heap[0][0] <= now_ms]
 
     def pop_due(
         self,

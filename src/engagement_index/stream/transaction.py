@@ -5,12 +5,14 @@ partition, the changelog record of every key (raw key and value, a tombstone for
 the same partition, and, once the broker has acknowledged them, the offset of the last one
 kept in the partition's database (where a recovery starts reading).
 
-:meth:`TableTransaction.commit` awaits the changelog acknowledgements and raises
-:class:`~engagement_index.errors.BatchWriteError` if any record was refused or timed out, so
-the batch fails, its source records are not acknowledged, and no offset is committed past it.
-The local store may then be ahead of the changelog; the retry recognises the batch's records
-as applied (by the per-source offsets in the stored values) and writes those values, and
-their changelog records, again (``BatchScorer._rewrite``).
+:meth:`TableTransaction.write_stores` writes the local stores;
+:meth:`TableTransaction.send_changelog` produces the changelog records and awaits their
+acknowledgements, raising :class:`~engagement_index.errors.BatchWriteError` if any was
+refused or timed out. The worker sends the same records again until they are acknowledged
+(``Worker.process_batch``): until then the batch's source records are not acknowledged, so no
+offset is committed past a changelog that is behind the local store. (A crash in between is
+covered by the re-delivery path: ``BatchScorer._rewrite`` writes the values of re-delivered
+records again.)
 """
 
 from __future__ import annotations
@@ -60,13 +62,16 @@ class TableTransaction:
             changelog.append((topic, key, value, partition, None, None))
         self._stores.append((store, topic, batches))
 
-    async def commit(self) -> None:
-        """Write the stores, produce the changelog records and await their acknowledgements."""
-        if not self._stores:
-            return
+    def write_stores(self) -> None:
+        """Write every staged write batch to its partition's database."""
         for store, _topic, batches in self._stores:
             for partition, batch in batches.items():
                 store._db_for_partition(partition).write(batch)
+
+    async def send_changelog(self) -> None:
+        """Produce the changelog records and await them (``BatchWriteError`` if any fails)."""
+        if not self._changelog:
+            return
         try:
             groups = await send_batched(self._producer, self._changelog)
             await asyncio.gather(*(group.future for group in groups))

@@ -69,3 +69,22 @@ def test_round_trip() -> None:
     assert decoded == seen
     assert data[end:] == b"rest"
     assert len(encode_seen(seen)) == 4 + 20 * 15
+
+
+def test_a_contact_keeps_at_most_max_ids() -> None:
+    seen = EMPTY
+    for i in range(50):
+        new = admit(seen, f"e{i}", T0 + i, DEFAULT_WINDOW_MS, max_ids=10)
+        assert new is not None
+        seen = new
+    assert len(seen) == 10
+    assert admit(seen, "e49", T0 + 60, DEFAULT_WINDOW_MS, max_ids=10) is None
+    assert admit(seen, "e0", T0 + 60, DEFAULT_WINDOW_MS, max_ids=10) is not None  # dropped
+
+
+def test_an_applied_record_older_than_the_window_counts_as_its_start() -> None:
+    # a producer that stamps records with the event time (a backfill): its retry still drops
+    seen = _admit(EMPTY, "new", T0 + 10 * 24 * HOUR)
+    seen = _admit(seen, "old", T0)
+    assert admit(seen, "old", T0, DEFAULT_WINDOW_MS) is None
+    assert admit(seen, "old", T0 + 10 * 24 * HOUR + 1, DEFAULT_WINDOW_MS) is not None

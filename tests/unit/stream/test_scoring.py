@@ -301,7 +301,13 @@ def test_due_index_pops_due_entries_only_and_retries() -> None:
     assert sorted(due.pop_due(1200, retry_ms=1000)) == [(0, b"a", 300), (1, b"c", 50)]
     due.set(1, b"c", None)
     assert len(due) == 2
-    assert due.partitions() == [0]
+    # partitions with something due by then: the timer checks only these for a backlog
+    fresh = DueIndex()
+    fresh.set(3, b"x", 100)
+    fresh.set(4, b"y", 500)
+    assert fresh.due_partitions(99) == []
+    assert fresh.due_partitions(100) == [3]
+    assert sorted(fresh.due_partitions(500)) == [3, 4]
 
 
 ERASURES_IN = "engagement-index.erasure-requests"

@@ -43,7 +43,7 @@ def test_failed_batches_are_retried_until_they_succeed(
     monkeypatch.setattr(asyncio, "sleep", no_sleep)
     asyncio.run(worker._process_until_done(["e1", "e2"]))
     assert calls == [2, 2, 2]
-    assert sleeps == [1.0, 2.0]
+    assert sleeps == [0.5, 1.0]
     assert (
         worker.metrics.registry.get_sample_value(
             "engagement_worker_errors_total", {"where": "batch"}
