@@ -417,13 +417,19 @@ def fault_worker(env: StreamEnv, name: str, extra_env: dict[str, str] | None = N
 
 
 # ----------------------------------------------------------------------------- broker side
-def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` up to its current end, partition by partition, offset order."""
+def read_topic(bootstrap: str, topic: str, *, max_frame_bytes: int | None = None) -> list[Any]:
+    """Every record of ``topic`` up to its current end, partition by partition, offset order.
+
+    ``max_frame_bytes`` raises kafka-python's limit on a response (1,000,000 bytes by default;
+    a fetch of several partitions' megabytes is refused, closed and retried until it fits).
+    """
+    limits = {} if max_frame_bytes is None else {"receive_message_max_bytes": max_frame_bytes}
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         consumer_timeout_ms=2000,
+        **limits,
     )
     try:
         partitions = None
@@ -687,10 +693,18 @@ def kill_signal_name(sig: int) -> str:
 class FaultRun:
     """One suite's run: the environment, the plan, the traffic and a log of injected faults."""
 
-    def __init__(self, env: StreamEnv, plan: TrafficPlan, rate: float, seed: int) -> None:
+    def __init__(
+        self,
+        env: StreamEnv,
+        plan: TrafficPlan,
+        rate: float,
+        seed: int,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
         self.env = env
         self.plan = plan
         self.seed = seed
+        self.worker_env = dict(worker_env or {})  # extra environment of every worker
         self.rng = random.Random(seed)
         self.traffic = TrafficProducer(env, plan, rate)
         self.faults: list[dict[str, Any]] = []
@@ -701,7 +715,7 @@ class FaultRun:
     def worker(self, name: str) -> FaultWorker:
         """The worker called ``name`` (created on first use, with its own data folder)."""
         if name not in self._workers:
-            self._workers[name] = fault_worker(self.env, name)
+            self._workers[name] = fault_worker(self.env, name, self.worker_env)
         return self._workers[name]
 
     def running(self) -> list[FaultWorker]:
