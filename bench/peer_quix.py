@@ -2,8 +2,9 @@
 
 What a Python user would otherwise write: one ``Application`` over the inbound topics
 (concatenated into one ``StreamingDataFrame``), a stateful ``apply`` that folds each event into
-the contact's state with the project's pure core (``parse_event_fields``, ``apply_fields``,
-``encode_state``/``decode_state``; state values stored as the same compact bytes), and the
+the contact's state with the project's pure core (``parse_event_fields``, ``admit`` for the
+duplicate window, ``apply_fields``, ``encode_state``/``decode_state``; state values stored as
+the same compact bytes), and the
 transitions sent to an output topic. Quix Streams' defaults otherwise (RocksDB state with a
 changelog topic, at-least-once, commit every 5 s). It stops once it has processed
 ``--events`` records and prints one JSON line with its timings (epoch seconds).
@@ -24,6 +25,7 @@ from typing import Any
 from quixstreams import Application, State
 from quixstreams.state.rocksdb import RocksDBOptions
 
+from engagement_index.core.dedupe import DEFAULT_WINDOW_MS, EMPTY, admit, decode_seen, encode_seen
 from engagement_index.core.events import ContactKey, parse_event_fields
 from engagement_index.core.lifecycle import apply_fields
 from engagement_index.core.model import load_model
@@ -74,9 +76,15 @@ def main() -> None:
             if raw is not None
             else None
         )
-        new, transitions = apply_fields(previous, fields, compiled)
-        if new is not previous:
+        # the duplicate window by arrival, as the worker keeps it (here: the event time)
+        seen_raw = state.get(b"d")
+        seen = decode_seen(seen_raw)[0] if seen_raw is not None else EMPTY
+        window = admit(seen, fields.event_id, fields.timestamp_ms, DEFAULT_WINDOW_MS)
+        transitions: list[Any] = []
+        if window is not None:
+            new, transitions = apply_fields(previous, fields, compiled)
             state.set(b"s", encode_state(new))
+            state.set(b"d", encode_seen(window))
         done = progress["done"] = progress["done"] + 1
         if done == 1:
             progress["first"] = time.time()
