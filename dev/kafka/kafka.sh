@@ -175,7 +175,11 @@ start() {
         scram+=(--add-scram "SCRAM-SHA-512=[name=${pair%%:*},password=${pair#*:}]")
       done
     fi
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    # a base64url UUID; never one that starts with '-' (the tool would read it as an option)
+    cluster_id="-"
+    while [[ "$cluster_id" == -* ]]; do
+      cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    done
     say "formatting KRaft storage in $KAFKA_STATE_DIR/data (cluster $cluster_id)"
     java -cp "$cp" -Dlog4j2.configurationFile="$here/log4j2.properties" -Dkafka.logs.dir="$log_dir" \
       kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$props" "${scram[@]}" \
