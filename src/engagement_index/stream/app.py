@@ -361,9 +361,13 @@ class Worker:
         hands out) has reached the highwater of the partition's last fetch response. Records
         handed out but still being scored are no obstacle: a wake-up sent now is a record of
         the tick topic, scored in a later batch than they are, and it is applied only if the
-        contact is still due then. Without a backlog, wake-ups go out within a timer interval.
+        contact is still due then. Positions are no evidence while the consumer has dropped a
+        fetch unread (it seeks back to the committed offsets next) or is seeking: then every
+        partition waits. Without a backlog, wake-ups go out within a timer interval.
         """
         consumer: Any = self.app.consumer
+        if not consumer.positions_are_reads():
+            return False  # a fetch was dropped unread, or a seek is under way
         for topic in self._data_sources:
             tp = TP(topic, partition)
             try:

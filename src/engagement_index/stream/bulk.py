@@ -111,6 +111,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
             await self._seek_uncommitted_to_beginning()
         finally:
             self._seeks_done += 1
+            self.dropped_unread = False  # the positions are where Faust set them again
 
     async def _seek_uncommitted_to_beginning(self) -> None:
         """Move the bulk partitions that have no committed offset to their first record.
@@ -134,6 +135,15 @@ class BulkConsumer(faust_aiokafka.Consumer):
             offset = earliest.get(tp)
             if offset is not None:
                 await self.seek(tp, offset)
+
+    #: True from the moment a fetch's records are dropped unread until the next seek: the
+    #: consumer's positions are then past records nobody scored (the decay hold-back must not
+    #: read them as "read to the end")
+    dropped_unread: bool = False
+
+    def positions_are_reads(self) -> bool:
+        """True when every position is the end of what was handed to the batch handler."""
+        return not self.dropped_unread and self.seek_epoch() >= 0
 
     def seek_epoch(self) -> int:
         """The number of finished seeks, or -1 while a seek is under way."""
@@ -201,6 +211,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 async for tp, message in getmany(timeout=1.0):
                     if handler is not None and message.topic in bulk_topics:
                         if stale:
+                            self.dropped_unread = True
                             continue
                         if not (flow_control_active() or consumer_flow_stopped()):
                             await self._wait_for_flow_control()
@@ -213,6 +224,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                             # or a seek moved the positions since this fetch began: drop the
                             # fetch unread, it is fetched again (see the seek after the loop)
                             stale = True
+                            self.dropped_unread = True
                             continue
                         offset = message.offset
                         r_offset = read.get(tp)
@@ -256,6 +268,8 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     # recovery then skipped. Dropped ones are read again after that seek.
                     apply_changelog(recovery, changelog)
                 if stale or seek_epoch() != epoch:
+                    if batch:
+                        self.dropped_unread = True
                     batch = []
                     if not (consumer_flow_stopped() or self.should_stop):
                         self.log.info("dropped a fetch (a seek or a held flow); seeking again")
@@ -263,7 +277,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
                         # the position is past them. Seek again; re-reads are recognised.
                         await self.perform_seek()
                 elif consumer_flow_stopped():
-                    batch = []  # a rebalance began; its recovery seeks before the flow resumes
+                    # a rebalance began; its recovery seeks before the flow resumes
+                    if batch:
+                        self.dropped_unread = True
+                    batch = []
                 if batch:
                     assert handler is not None
                     # no await between these checks and tracking: a rebalance that starts
