@@ -46,16 +46,22 @@ install_helm() {
     say "helm $HELM_VERSION built in $((SECONDS - start))s -> ${BIN#"$ROOT"/}/helm"
 }
 
+# Dies unless Debian's package PKG can be installed here (root, apt-get); WHAT names what is missing.
+require_apt() {
+    local pkg="$1" what="$2"
+    if [[ "$(id -u)" != 0 ]]; then
+        die "$what missing; install Debian's package as root: apt-get update && apt-get install -y $pkg"
+    fi
+    command -v apt-get >/dev/null || die "$what missing and apt-get is not available: install the $pkg package"
+}
+
 # --------------------------------------------------------------------------- promtool, prometheus
 install_prometheus() {
     if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
         say "promtool and prometheus present ($(promtool --version 2>&1 | head -n1))"
         return
     fi
-    if [[ "$(id -u)" != 0 ]]; then
-        die "promtool/prometheus are missing; install Debian's package as root: apt-get update && apt-get install -y prometheus"
-    fi
-    command -v apt-get >/dev/null || die "promtool/prometheus are missing and apt-get is not available: install the prometheus package (it ships promtool)"
+    require_apt prometheus "promtool/prometheus are"
     say "installing Debian's prometheus package (promtool + prometheus)"
     local start=$SECONDS
     # The package's maintainer scripts would start a system Prometheus on :9090; the tests run
@@ -83,10 +89,7 @@ install_kcat() {
         say "kcat present"
         return
     fi
-    if [[ "$(id -u)" != 0 ]]; then
-        die "kcat is missing; install Debian's package as root: apt-get update && apt-get install -y kcat"
-    fi
-    command -v apt-get >/dev/null || die "kcat is missing and apt-get is not available: install the kcat package"
+    require_apt kcat "kcat is"
     say "installing Debian's kcat package"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kcat ||
         { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kcat; } ||
