@@ -27,12 +27,12 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from engagement_index.core.events import ContactKey
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.replay import Replayer, replay
+from tests.integration.test_worker_faults import good_event as event
 from tests.integration.test_worker_oracle import (
     DEFAULT_MODEL,
     FAST_MODEL,
     assert_same_transitions,
     by_contact,
-    iso,
     wait_for_oracle,
 )
 from tests.reliability.harness import consumer_lag, wait_until
@@ -41,18 +41,6 @@ pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-
-
-def event(cid: str, n: int, ts_ms: int, etype: str, tenant: str = "acme") -> bytes:
-    return json.dumps(
-        {
-            "event_id": f"{cid}-{n}",
-            "tenant": tenant,
-            "contact_id": cid,
-            "type": etype,
-            "timestamp": iso(ts_ms),
-        }
-    ).encode()
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
