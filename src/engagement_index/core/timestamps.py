@@ -133,11 +133,6 @@ def to_ms(value: datetime) -> int:
     return ms
 
 
-def ms_to_datetime(ms: int) -> datetime:
-    """The aware UTC datetime of epoch milliseconds."""
-    return EPOCH + timedelta(milliseconds=ms)
-
-
 _DATE_CACHE: dict[int, str] = {}
 _LAST_TEXT: list[Any] = [None, ""]  # the last conversion: [ms, text]
 
