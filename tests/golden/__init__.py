@@ -1,0 +1,1 @@
+"""Golden outputs of the default model (see README.md)."""
