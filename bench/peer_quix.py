@@ -3,7 +3,7 @@
 What a Python user would otherwise write: one ``Application`` over the inbound topics
 (concatenated into one ``StreamingDataFrame``), a stateful ``apply`` that folds each event into
 the contact's state with the project's pure core (``parse_event_fields``, ``admit`` for the
-duplicate window, ``apply_fields``, ``encode_state``/``decode_state``; state values stored as
+duplicate window, ``step``, ``encode_state``/``decode_state``; state values stored as
 the same compact bytes), and the
 transitions sent to an output topic. Quix Streams' defaults otherwise (RocksDB state with a
 changelog topic, at-least-once, commit every 5 s). It stops once it has processed
@@ -27,7 +27,7 @@ from quixstreams.state.rocksdb import RocksDBOptions
 
 from engagement_index.core.dedupe import DEFAULT_WINDOW_MS, EMPTY, admit, decode_seen, encode_seen
 from engagement_index.core.events import ContactKey, parse_event_fields
-from engagement_index.core.lifecycle import apply_fields
+from engagement_index.core.lifecycle import step
 from engagement_index.core.model import load_model
 from engagement_index.core.state import decode_state, encode_state
 
@@ -82,7 +82,7 @@ def main() -> None:
         window = admit(seen, fields.event_id, fields.timestamp_ms, DEFAULT_WINDOW_MS)
         transitions: list[Any] = []
         if window is not None:
-            new, transitions = apply_fields(previous, fields, compiled)
+            new, transitions = step(previous, fields, compiled)
             state.set(b"s", encode_state(new))
             state.set(b"d", encode_seen(window))
         done = progress["done"] = progress["done"] + 1

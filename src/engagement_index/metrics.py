@@ -32,8 +32,8 @@ class Metrics:
         )
         self.transitions = Counter(
             "engagement_transitions_total",
-            "Stage transitions emitted, by stage pair and reason.",
-            ["from_stage", "to_stage", "reason"],
+            "Stage transitions emitted, by lifecycle, stage pair and reason.",
+            ["lifecycle", "from_stage", "to_stage", "reason"],
             registry=r,
         )
         self.score_snapshots = Counter(
@@ -53,8 +53,8 @@ class Metrics:
         )
         self.contacts_per_stage = Gauge(
             "engagement_contacts",
-            "Contacts owned by this worker, by lifecycle stage.",
-            ["stage"],
+            "Contacts owned by this worker, by lifecycle and stage.",
+            ["lifecycle", "stage"],
             registry=r,
         )
         self.due_index_size = Gauge(

@@ -6,6 +6,7 @@ This is the reference the streaming worker is tested against, and the backfill t
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -15,15 +16,8 @@ from engagement_index.core.events import (
     FailureType,
     parse_event_fields,
 )
-from engagement_index.core.lifecycle import (
-    DECAY_CHECK_MARGIN,
-    advance,
-    apply_rule,
-    decay_possible_by,
-    evaluate,
-    with_due,
-)
-from engagement_index.core.model import CompiledRule, ScoringModel
+from engagement_index.core.lifecycle import advance, evaluate, step
+from engagement_index.core.model import ScoringModel
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
 from engagement_index.core.timestamps import MIN_MS
@@ -63,10 +57,8 @@ class Replayer:
     as ``time_out_of_range``. Rejected records go to ``on_reject`` (default: collected in
     ``rejects``). ``states`` is keyed by ``(tenant, contact_id)``.
 
-    Decay times of upper-stage contacts are solved lazily: only when a later event of the
-    contact might lie past the crossing (checked with a cheap lower bound of the index, then
-    the exact index), or at ``finish``. Solving is a pure function of the state, so the
-    transitions are exactly those of :func:`engagement_index.core.lifecycle.step`.
+    Each event goes through :func:`engagement_index.core.lifecycle.step`, exactly as in the
+    worker; ``finish`` applies :func:`~engagement_index.core.lifecycle.advance`.
     """
 
     def __init__(
@@ -91,8 +83,6 @@ class Replayer:
         self.stats = ReplayStats()
         self.max_event_ms: int | None = None
         self._cm = model.compiled
-        # upper-stage contacts whose decay time is not solved yet -> index at their clock
-        self._unsolved: dict[tuple[str, str], float] = {}
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -116,8 +106,7 @@ class Replayer:
         stats.lines += 1
         try:
             fields = parse_event_fields(raw, max_bytes=self.max_bytes)
-            rule = self._cm.rules.get(fields.type)
-            if rule is None:
+            if fields.type not in self._cm.rules:
                 raise EventRejected(
                     FailureType.UNKNOWN_TYPE,
                     f"type: {fields.type!r} is not scored by model {self._cm.version!r}",
@@ -129,21 +118,9 @@ class Replayer:
         except EventRejected as exc:
             self.reject(stats.lines if line is None else line, exc.failure, exc.message)
             return []
-        return self._apply(fields, rule, arrival_ms)
+        return self._apply(fields, arrival_ms)
 
-    def apply(self, fields: EventFields, arrival_ms: int | None = None) -> list[Transition]:
-        """Apply already-parsed event fields (``EventRejected`` if the type is unknown)."""
-        rule = self._cm.rules.get(fields.type)
-        if rule is None:
-            raise EventRejected(
-                FailureType.UNKNOWN_TYPE,
-                f"type: {fields.type!r} is not scored by model {self._cm.version!r}",
-            )
-        return self._apply(fields, rule, arrival_ms)
-
-    def _apply(
-        self, fields: EventFields, rule: CompiledRule, arrival_ms: int | None
-    ) -> list[Transition]:
+    def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts = fields
         key = (tenant, contact_id)
         if ts > self._arrival_clock:
@@ -151,31 +128,13 @@ class Replayer:
         if arrival_ms is None:
             arrival_ms = self._arrival_clock
         seen = admit(self.seen.get(key, EMPTY), event_id, arrival_ms, self.dedupe_window_ms)
+        stats = self.stats
         if seen is None:
-            self.stats.duplicates += 1
+            stats.duplicates += 1
             return []
         self.seen[key] = seen
-        states = self.states
-        state = states.get(key)
-        cm = self._cm
-        unsolved = self._unsolved
-        if state is not None and key in unsolved and ts > state.clock_ms:
-            half = cm.halves[state.post_purchase]
-            bound = unsolved[key] * 2.0 ** (-(ts - state.clock_ms) / half.min_half_life_ms)
-            if bound < half.leave_upper_below + DECAY_CHECK_MARGIN and decay_possible_by(
-                state, ts, cm
-            ):
-                state = states[key] = with_due(state, cm)
-                del unsolved[key]
-        new, transitions, index = apply_rule(
-            state, event_id, tenant, contact_id, ts, rule, cm, False
-        )
-        stats = self.stats
-        states[key] = new
-        if new.upper:
-            unsolved[key] = index
-        elif state is not None and state.upper:
-            unsolved.pop(key, None)
+        new, transitions = step(self.states.get(key), fields, self._cm)
+        self.states[key] = new
         stats.applied += 1
         if transitions:
             stats.transitions += len(transitions)
@@ -195,33 +154,30 @@ class Replayer:
         """The time ``finish`` advances to: ``until_ms`` or the largest event timestamp."""
         return self.until_ms if self.until_ms is not None else self.max_event_ms
 
-    def _solve_all(self) -> None:
-        for key in self._unsolved:
-            self.states[key] = with_due(self.states[key], self._cm)
-        self._unsolved.clear()
-
     def finish(self, until_ms: int | None = None) -> list[Transition]:
-        """Emit the decay transitions due by the horizon, ordered by time then contact."""
-        self._solve_all()
+        """Emit the time-driven changes due by the horizon, ordered by time then contact."""
         horizon = until_ms if until_ms is not None else self.horizon()
         if horizon is None:
             return []
-        due = sorted(
+        queue = [
             (state.due_ms, key)
             for key, state in self.states.items()
             if state.due_ms is not None and state.due_ms <= horizon
-        )
+        ]
+        heapq.heapify(queue)
         out: list[Transition] = []
-        for _, key in due:
-            new, transitions = advance(self.states[key], horizon, self._cm)
+        while queue:
+            due, key = heapq.heappop(queue)
+            new, transitions = advance(self.states[key], due, self._cm)
             self.states[key] = new
             out.extend(transitions)
+            if new.due_ms is not None and new.due_ms <= horizon:
+                heapq.heappush(queue, (new.due_ms, key))
         self.stats.transitions += len(out)
         return out
 
     def snapshots(self, at_ms: int | None = None) -> Iterator[ContactSnapshot]:
         """Each contact's snapshot at ``at_ms`` (default: the horizon), sorted by key."""
-        self._solve_all()
         at = at_ms if at_ms is not None else self.horizon()
         for key in sorted(self.states):
             state = self.states[key]

@@ -9,9 +9,9 @@ decay transition reports at ``tau`` is bit-for-bit the one the solver saw below 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from engagement_index.core.model import CompiledHalf, CompiledModel
+from engagement_index.core.compiled import CompiledModel
 from engagement_index.core.timestamps import MAX_MS
 
 _LN2 = math.log(2.0)
@@ -38,24 +38,24 @@ def component_scores(values: Sequence[float], model: CompiledModel) -> dict[str,
     }
 
 
-def index_of(values: Sequence[float], half: CompiledHalf, model: CompiledModel) -> float:
-    """The engagement index ``sum_c w_c * s_c`` with the weights of ``half``."""
+def index_of(values: Sequence[float], weights: Sequence[float], model: CompiledModel) -> float:
+    """The engagement index ``sum_c w_c * s_c`` of a weighting."""
     total = 0.0
-    for v, w, k in zip(values, half.weights, model.saturation, strict=True):
+    for v, w, k in zip(values, weights, model.saturation, strict=True):
         if v > 0.0 and w != 0.0:
             total += w * (100.0 * v / (v + k))
     return total
 
 
 def index_after(
-    values: Sequence[float], delta_ms: int, half: CompiledHalf, model: CompiledModel
+    values: Sequence[float], delta_ms: int, weights: Sequence[float], model: CompiledModel
 ) -> float:
     """``index_of(rebase(values, delta_ms))``: the index ``delta_ms`` after the reference.
 
     Fused for speed, with the very same float operations (so bit-identical).
     """
     total = 0.0
-    for v, w, k, h in zip(values, half.weights, model.saturation, model.half_life_ms, strict=True):
+    for v, w, k, h in zip(values, weights, model.saturation, model.half_life_ms, strict=True):
         if v > 0.0 and w != 0.0:
             x = v * 2.0 ** (-delta_ms / h) if delta_ms else v
             if x > 0.0:
@@ -77,7 +77,7 @@ def _approx(terms: list[tuple[float, float, float, float]], x: float) -> tuple[f
 
 def crossing_delay_ms(
     values: Sequence[float],
-    half: CompiledHalf,
+    weights: Sequence[float],
     model: CompiledModel,
     threshold: float,
     max_delay_ms: int,
@@ -89,14 +89,14 @@ def crossing_delay_ms(
     on the continuous index finds the neighbourhood; an integer bracket on the exact
     :func:`index_after` fixes the answer to the millisecond.
     """
-    if index_after(values, 0, half, model) < threshold:
+    if index_after(values, 0, weights, model) < threshold:
         return 0
     if threshold <= 0.0 or max_delay_ms < 1:
         return None
     terms = [
         (w, v, k, _LN2 / h)
         for v, w, k, h in zip(
-            values, half.weights, model.saturation, model.half_life_ms, strict=True
+            values, weights, model.saturation, model.half_life_ms, strict=True
         )
         if v > 0.0 and w != 0.0
     ]
@@ -124,12 +124,12 @@ def crossing_delay_ms(
         if x > max_delay_ms * 4.0 + 1.0 and hi == math.inf:
             break
     guess = min(max(math.ceil(x), 1), max_delay_ms)
-    return _integer_search(values, half, model, threshold, guess, max_delay_ms)
+    return _integer_search(values, weights, model, threshold, guess, max_delay_ms)
 
 
 def _integer_search(
     values: Sequence[float],
-    half: CompiledHalf,
+    weights: Sequence[float],
     model: CompiledModel,
     threshold: float,
     guess: int,
@@ -138,8 +138,14 @@ def _integer_search(
     """Exact integer bracket around ``guess`` on :func:`index_after`, then bisection."""
 
     def below(d: int) -> bool:
-        return index_after(values, d, half, model) < threshold
+        return index_after(values, d, weights, model) < threshold
 
+    return _bracket(below, guess, max_delay_ms)
+
+
+def _bracket(below: Callable[[int], bool], guess: int, max_delay_ms: int) -> int | None:
+    """Smallest ``d`` in ``[1, max_delay_ms]`` with ``below(d)`` (monotone), searched from
+    ``guess``; None if there is none (``below(0)`` is known to be False)."""
     if below(guess):
         hi = guess
         step = 1
@@ -148,7 +154,7 @@ def _integer_search(
             hi = lo
             step *= 2
             lo = max(hi - step, 0)
-        # lo == 0 (index at 0 is >= threshold) or below(lo) is False
+        # lo == 0 (known not below) or below(lo) is False
     else:
         lo = guess
         step = 1
@@ -176,3 +182,47 @@ def _integer_search(
 def max_delay_for(clock_ms: int) -> int:
     """The largest delay that keeps ``clock_ms + delay`` representable."""
     return MAX_MS - clock_ms
+
+
+def trend_ratio(sums: Sequence[float], delta_ms: int, trend: tuple[float, float]) -> float:
+    """The trend ratio ``(F * h_slow / h_fast) / S``, ``delta_ms`` after the sums' reference.
+
+    ``sums`` = ``(F, S)``; 1 when ``S`` is 0 (no positive points), 0 once ``S`` underflows.
+    Rebased exactly as :func:`rebase` does, so the ratio at a time-driven change is the one
+    the solver saw.
+    """
+    fast, slow = trend
+    f, s = sums
+    if s == 0.0:
+        return 1.0
+    if delta_ms:
+        f = f * 2.0 ** (-delta_ms / fast)
+        s = s * 2.0 ** (-delta_ms / slow)
+        if s == 0.0:
+            return 0.0
+    return f * (slow / fast) / s
+
+
+def trend_crossing_ms(
+    sums: Sequence[float], trend: tuple[float, float], level: float, max_delay_ms: int
+) -> int | None:
+    """Smallest integer ``d`` in ``[1, max_delay_ms]`` with ``trend_ratio(d) < level``.
+
+    0 if it is below already, None if it stays at or above ``level``. The ratio falls as
+    ``ρ0 · 2^(-d (1/h_fast - 1/h_slow))`` (closed form); an integer bracket on the exact
+    :func:`trend_ratio` fixes the answer to the millisecond.
+    """
+    rho = trend_ratio(sums, 0, trend)
+    if rho < level:
+        return 0
+    if sums[1] == 0.0 or level <= 0.0 or max_delay_ms < 1:
+        return None  # a ratio of 1 that never moves, or a level it cannot fall below
+    fast, slow = trend
+    rate = 1.0 / fast - 1.0 / slow
+    x = math.log2(rho / level) / rate
+    guess = min(max(math.ceil(x), 1), max_delay_ms)
+
+    def below(d: int) -> bool:
+        return trend_ratio(sums, d, trend) < level
+
+    return _bracket(below, guess, max_delay_ms)

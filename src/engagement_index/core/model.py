@@ -1,20 +1,17 @@
-"""The scoring model: components, event types, and the two halves of the lifecycle.
+"""The scoring model file: components, event rules, markers, indices and lifecycles.
 
-The YAML format (see ``config/models/README.md``) is the contract; these pydantic models
-validate it. A loaded model is immutable and carries a precompiled, index-based form
-(:class:`CompiledModel`) that the hot path uses.
+The YAML format (``docs/models.md``) is the contract; these pydantic models validate it. A
+loaded model is immutable; its precompiled, index-based form
+(:class:`engagement_index.core.compiled.CompiledModel`, built once) is what the core uses.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,12 +20,16 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
     ValidationError,
     WithJsonSchema,
     model_validator,
 )
 
 from engagement_index.errors import ModelError
+
+if TYPE_CHECKING:
+    from engagement_index.core.compiled import CompiledModel
 
 _REPO_MODEL = Path(__file__).resolve().parents[3] / "config" / "models" / "default.yaml"
 #: The copy of ``config/models/default.yaml`` shipped inside the package (kept identical by a test).
@@ -44,43 +45,72 @@ _FIELD_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*: ")
 _UNIT_SECONDS = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 
 
-def parse_half_life(value: object) -> float:
-    """Seconds of a half-life given as a number of seconds or a string like ``"14d"``."""
+def parse_duration(value: object, what: str = "a duration") -> float:
+    """Seconds of a duration given as a number of seconds or a string like ``"14d"``."""
     if isinstance(value, bool):
-        raise ValueError("half_life must be a number of seconds or a string like '14d'")
+        raise ValueError(f"{what} must be a number of seconds or a string like '14d'")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         match = _DURATION.fullmatch(value.strip())
         if match is None:
-            raise ValueError(f"half_life {value!r} is not a number of seconds or like '14d'")
+            raise ValueError(f"{what} {value!r} is not a number of seconds or like '14d'")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise ValueError("half_life must be a number of seconds or a string like '14d'")
+        raise ValueError(f"{what} must be a number of seconds or a string like '14d'")
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("half_life must be positive")
+        raise ValueError(f"{what} must be positive")
     if seconds < 0.001:
-        raise ValueError("half_life must be at least one millisecond")
+        raise ValueError(f"{what} must be at least one millisecond")
     return seconds
 
 
-HalfLife = Annotated[
-    float,
-    BeforeValidator(parse_half_life),
-    WithJsonSchema(
-        {
-            "description": "seconds, or a number with a unit d/h/m/s such as '14d'",
-            "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
-                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?\s*[dhms]$"},
-            ],
-        }
-    ),
-]
+def parse_half_life(value: object) -> float:
+    """Seconds of a half-life given as a number of seconds or a string like ``"14d"``."""
+    return parse_duration(value, "half_life")
+
+
+def duration_ms(seconds: float) -> int:
+    """A duration in whole milliseconds (rounded; at least 1)."""
+    return max(1, round(seconds * 1000.0))
+
+
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "description": "seconds, or a number with a unit d/h/m/s such as '14d'",
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0},
+            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?\s*[dhms]$"},
+        ],
+    }
+)
+HalfLife = Annotated[float, BeforeValidator(parse_half_life), _DURATION_SCHEMA]
+Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Level = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+#: Reasons a transition can carry (``engagement_index.core.records.TransitionReason``).
+REASONS = (
+    "first_seen",
+    "customer_event",
+    "event",
+    "threshold",
+    "decay",
+    "time_in_stage",
+    "trend",
+    "model_change",
+)
+EdgeReason = Literal["customer_event", "event", "threshold"]
+#: The index of a stage in the first lifecycle, usable as an index name elsewhere.
+CONTACT_INDEX = "contact"
 
 
 class Component(_Strict):
@@ -90,28 +120,36 @@ class Component(_Strict):
     saturation: float = Field(gt=0, allow_inf_nan=False)
 
 
+class Cap(_Strict):
+    """At most ``count`` events of a rule count per contact per window of ``per`` seconds."""
+
+    count: int = Field(ge=1, le=1_000_000)
+    per: Duration
+
+
 class EventRule(_Strict):
     """What one event type contributes."""
 
     component: str
     points: float = Field(allow_inf_nan=False)
-    marks_customer: bool = False
+    marks_customer: bool = False  # format 1; format 2 writes sets: [customer]
+    sets: tuple[Name, ...] = Field(default=(), strict=False)
+    clears: tuple[Name, ...] = Field(default=(), strict=False)
+    cap: Cap | None = None
 
 
 class Half(_Strict):
-    """One half of the lifecycle: weights and the two stages with hysteresis thresholds."""
+    """Format 1: one half of the lifecycle, weights and two stages with hysteresis."""
 
-    weights: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]
+    weights: dict[str, Weight]
     lower_stage: str = Field(min_length=1)
     upper_stage: str = Field(min_length=1)
-    enter_upper_at: float = Field(ge=0, le=100, allow_inf_nan=False)
-    leave_upper_below: float = Field(ge=0, le=100, allow_inf_nan=False)
+    enter_upper_at: Level
+    leave_upper_below: Level
 
     @model_validator(mode="after")
     def _check(self) -> Half:
-        total = math.fsum(self.weights.values())
-        if abs(total - 1.0) > WEIGHT_TOLERANCE:
-            raise ValueError(f"weights: sum to {total!r}, must sum to 1 (within 1e-9)")
+        _check_weights(self.weights)
         if self.leave_upper_below > self.enter_upper_at:
             raise ValueError(
                 f"leave_upper_below: {self.leave_upper_below} must not exceed "
@@ -123,80 +161,173 @@ class Half(_Strict):
 
 
 class Halves(_Strict):
-    """The two halves; a contact moves from the first to the second on a customer event."""
+    """Format 1: the two halves; a contact moves to the second on a customer event."""
 
     pre_purchase: Half
     post_purchase: Half
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    """An event rule with its component as an index."""
-
-    component: int
-    points: float
-    marks_customer: bool
+def _check_weights(weights: Mapping[str, float]) -> None:
+    total = math.fsum(weights.values())
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ValueError(f"weights: sum to {total!r}, must sum to 1 (within 1e-9)")
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledHalf:
-    """A half with weights aligned on the model's component order."""
+class RatioLevel(_Strict):
+    """A level of the trend ratio: exactly one of ``at_least`` and ``below``."""
 
-    name: str
-    weights: tuple[float, ...]
-    lower_stage: str
-    upper_stage: str
-    enter_upper_at: float
-    leave_upper_below: float
-    min_half_life_ms: float  # shortest half-life among the components weighted in this half
+    at_least: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    below: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
-
-@dataclass(frozen=True, slots=True)
-class StateLayout:
-    """What a stored contact state says about the model it was computed under.
-
-    ``fingerprint``: 32 bits of a hash of everything in the model that changes a state or its
-    due time (components, event rules, halves; not the version string). ``component_ids``: a
-    32-bit hash of each component name, in the order of the state's values (None: a version 1
-    state, in the order of the model that reads it).
-    """
-
-    fingerprint: int
-    component_ids: tuple[int, ...] | None
+    @model_validator(mode="after")
+    def _check(self) -> RatioLevel:
+        if (self.at_least is None) == (self.below is None):
+            raise ValueError("give exactly one of at_least and below")
+        return self
 
 
-def name_id(name: str) -> int:
-    """The 32-bit id of a component name in a stored state."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
+_CONDITION_KINDS = (
+    "all",
+    "any",
+    "index",
+    "component",
+    "trend_ratio",
+    "event",
+    "marker",
+    "in_stage_for",
+    "since_marker",
+)
 
 
-def model_fingerprint(model: ScoringModel) -> int:
-    """32 bits of blake2b over the canonical JSON of the model without its version."""
-    content = model.model_dump(mode="json", exclude={"version"})
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+class Condition(_Strict):
+    """One condition of an edge (docs/models.md#conditions): exactly one kind of key."""
+
+    all: tuple[Condition, ...] | None = Field(default=None, strict=False)
+    any: tuple[Condition, ...] | None = Field(default=None, strict=False)
+    index: str | None = None
+    component: str | None = None
+    trend_ratio: RatioLevel | None = None
+    event: str | Annotated[tuple[str, ...], Strict(False)] | None = None
+    marker: str | None = None
+    set: bool | None = None
+    in_stage_for: Duration | None = None
+    since_marker: str | None = None
+    at_least: float | str | None = None
+    below: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Condition:
+        kinds = [k for k in _CONDITION_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            listed = ", ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"a condition has exactly one of {', '.join(_CONDITION_KINDS)} (got {listed})"
+            )
+        kind = kinds[0]
+        if self.set is not None and kind != "marker":
+            raise ValueError("set: only with marker")
+        if kind in ("index", "component"):
+            if (self.at_least is None) == (self.below is None):
+                raise ValueError(f"{kind}: give exactly one of at_least and below")
+            level = self.at_least if self.at_least is not None else self.below
+            if isinstance(level, str) or not (
+                isinstance(level, int | float) and 0.0 <= level <= 100.0
+            ):
+                raise ValueError(f"{kind}: the level must be a number in [0, 100]")
+        elif kind == "since_marker":
+            if self.at_least is None or self.below is not None:
+                raise ValueError("since_marker: give at_least (a duration)")
+            parse_duration(self.at_least, "since_marker.at_least")
+        elif self.at_least is not None or self.below is not None:
+            raise ValueError(f"{kind}: at_least and below belong to index, component or since")
+        return self
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledModel:
-    """The index-based form of a model that the hot path uses."""
+class Stage(_Strict):
+    """Options of one stage."""
 
-    version: str
-    layout: StateLayout  # interned (engagement_index.core.state.interned_layout)
-    names: tuple[str, ...]
-    half_life_ms: tuple[float, ...]
-    saturation: tuple[float, ...]
-    rules: dict[str, CompiledRule]
-    halves: tuple[CompiledHalf, CompiledHalf]  # (pre_purchase, post_purchase)
+    index: str | None = None
+
+
+class InitialEntry(_Strict):
+    """Where a contact starts: the first entry whose condition holds."""
+
+    stage: Name
+    when: Condition | None = None
+    id: Name | None = None
+
+
+class Edge(_Strict):
+    """A declared transition between stages of one lifecycle."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+    id: Name
+    from_: Name | Annotated[tuple[Name, ...], Strict(False)] = Field(alias="from")
+    to: Name
+    when: Condition | None = None
+    reason: EdgeReason | None = None
+
+
+class Bands(_Strict):
+    """Short form of a lifecycle whose stages are index levels."""
+
+    index: str = CONTACT_INDEX
+    levels: dict[Name, Level] = Field(min_length=1)
+    hysteresis: float = Field(default=0.0, ge=0, le=100, allow_inf_nan=False)
+
+
+class Trend(_Strict):
+    """Short form of the rising / steady / falling lifecycle."""
+
+    fast: HalfLife
+    slow: HalfLife
+    margin: float = Field(gt=0, lt=1, allow_inf_nan=False)
+
+
+class Lifecycle(_Strict):
+    """Stages, where contacts start, and edges; or a ``bands`` or ``trend`` short form."""
+
+    stages: dict[Name, Stage] | None = None
+    initial: tuple[InitialEntry, ...] | None = Field(default=None, strict=False)
+    edges: tuple[Edge, ...] = Field(default=(), strict=False)
+    bands: Bands | None = None
+    trend: Trend | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Lifecycle:
+        forms = [n for n in ("stages", "bands", "trend") if getattr(self, n) is not None]
+        if len(forms) != 1:
+            raise ValueError("a lifecycle has exactly one of stages, bands and trend")
+        if self.stages is not None:
+            if not self.stages:
+                raise ValueError("stages: at least one stage")
+            if not self.initial:
+                raise ValueError("initial: at least one entry")
+        elif self.initial is not None or self.edges:
+            raise ValueError(f"{forms[0]}: initial and edges are generated, do not give them")
+        return self
+
+
+class Legacy(_Strict):
+    """How states written before format 2 (two halves) map to this model."""
+
+    stages: tuple[Name, Name, Name, Name] = Field(strict=False)
+    marker: Name | None = None
 
 
 class ScoringModel(_Strict):
-    """A versioned scoring and lifecycle model."""
+    """A versioned scoring and lifecycle model (docs/models.md)."""
 
+    format: Literal[1, 2] = 1
     version: str = Field(min_length=1, max_length=128)
     components: dict[str, Component] = Field(min_length=1)
+    markers: tuple[Name, ...] = Field(default=(), strict=False)
     events: dict[str, EventRule]
-    halves: Halves
+    halves: Halves | None = None
+    indices: dict[Name, dict[str, Weight]] | None = None
+    lifecycles: dict[Name, Lifecycle] | None = None
+    legacy: Legacy | None = None
 
     _compiled: CompiledModel | None = PrivateAttr(default=None)
 
@@ -205,68 +336,73 @@ class ScoringModel(_Strict):
         for name in self.components:
             if not name:
                 raise ValueError("components: a component name must not be empty")
+        if self.format == 1:
+            for key in ("indices", "lifecycles", "legacy"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: a format 2 key (add format: 2)")
+            if self.markers:
+                raise ValueError("markers: a format 2 key (add format: 2)")
+            if self.halves is None:
+                raise ValueError("halves: required in a format 1 model")
+        else:
+            if self.halves is not None:
+                raise ValueError("halves: a format 1 key (format 2 declares lifecycles)")
+            if not self.indices:
+                raise ValueError("indices: required in a format 2 model")
+            if not self.lifecycles:
+                raise ValueError("lifecycles: required in a format 2 model")
+        if len(set(self.markers)) != len(self.markers):
+            raise ValueError("markers: a marker is declared twice")
+        if len(self.markers) > 16:
+            raise ValueError("markers: at most 16")
         for event_type, rule in self.events.items():
+            where = f"events.{event_type}"
             if not re.fullmatch(EVENT_TYPE_PATTERN, event_type):
-                raise ValueError(f"events.{event_type}: type must look like 'channel.action'")
+                raise ValueError(f"{where}: type must look like 'channel.action'")
             if rule.component not in self.components:
-                raise ValueError(
-                    f"events.{event_type}.component: unknown component {rule.component!r}"
-                )
-        for half_name in ("pre_purchase", "post_purchase"):
-            half: Half = getattr(self.halves, half_name)
-            for component in half.weights:
+                raise ValueError(f"{where}.component: unknown component {rule.component!r}")
+            if self.format == 2 and rule.marks_customer:
+                raise ValueError(f"{where}.marks_customer: format 1 only (use sets: [customer])")
+            for key in ("sets", "clears"):
+                for marker in getattr(rule, key):
+                    if marker not in self.markers:
+                        raise ValueError(f"{where}.{key}: unknown marker {marker!r}")
+            if set(rule.sets) & set(rule.clears):
+                raise ValueError(f"{where}: an event cannot set and clear the same marker")
+        if self.halves is not None:
+            for half_name in ("pre_purchase", "post_purchase"):
+                half: Half = getattr(self.halves, half_name)
+                for component in half.weights:
+                    if component not in self.components:
+                        raise ValueError(
+                            f"halves.{half_name}.weights.{component}: unknown component"
+                        )
+        for name, weights in (self.indices or {}).items():
+            if name == CONTACT_INDEX:
+                raise ValueError(f"indices.{name}: the name {CONTACT_INDEX!r} is reserved")
+            for component in weights:
                 if component not in self.components:
-                    raise ValueError(f"halves.{half_name}.weights.{component}: unknown component")
+                    raise ValueError(f"indices.{name}.{component}: unknown component")
+            try:
+                _check_weights(weights)
+            except ValueError as exc:
+                raise ValueError(f"indices.{name}.{exc}") from None
         return self
 
     @property
     def compiled(self) -> CompiledModel:
-        """The precompiled form (built once)."""
+        """The precompiled form (built once; ``ModelError`` if the lifecycles are invalid)."""
         private = self.__pydantic_private__
         compiled: CompiledModel | None = private.get("_compiled") if private else None
         if compiled is None:
-            compiled = _compile(self)
+            from engagement_index.core.compiled import compile_model
+
+            compiled = compile_model(self)
             self._compiled = compiled
         return compiled
 
 
-def _compile(model: ScoringModel) -> CompiledModel:
-    names = tuple(model.components)
-    position = {name: i for i, name in enumerate(names)}
-
-    def half(name: str, spec: Half) -> CompiledHalf:
-        return CompiledHalf(
-            name=name,
-            weights=tuple(spec.weights.get(n, 0.0) for n in names),
-            lower_stage=spec.lower_stage,
-            upper_stage=spec.upper_stage,
-            enter_upper_at=spec.enter_upper_at,
-            leave_upper_below=spec.leave_upper_below,
-            min_half_life_ms=min(
-                model.components[n].half_life * 1000.0 for n, w in spec.weights.items() if w > 0
-            ),
-        )
-
-    from engagement_index.core.state import interned_layout  # state imports this module
-
-    layout = StateLayout(model_fingerprint(model), tuple(name_id(n) for n in names))
-    if len(set(layout.component_ids or ())) != len(names):
-        raise ModelError("components: two component names have the same 32-bit id; rename one")
-    return CompiledModel(
-        version=model.version,
-        layout=interned_layout(layout),
-        names=names,
-        half_life_ms=tuple(c.half_life * 1000.0 for c in model.components.values()),
-        saturation=tuple(c.saturation for c in model.components.values()),
-        rules={
-            t: CompiledRule(position[r.component], r.points, r.marks_customer)
-            for t, r in model.events.items()
-        },
-        halves=(
-            half("pre_purchase", model.halves.pre_purchase),
-            half("post_purchase", model.halves.post_purchase),
-        ),
-    )
+Condition.model_rebuild()
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -286,9 +422,11 @@ def parse_model(data: Mapping[str, Any]) -> ScoringModel:
     if not isinstance(data, Mapping):
         raise ModelError("the model must be a mapping at the top level")
     try:
-        return ScoringModel.model_validate(dict(data))
+        model = ScoringModel.model_validate(dict(data))
     except ValidationError as exc:
         raise ModelError(_format_errors(exc)) from None
+    model.compiled  # noqa: B018 - the lifecycle checks run when compiling
+    return model
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Self
 
+from typing_extensions import TypedDict
+
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-TransitionReason = Literal["first_seen", "customer_event", "threshold", "decay", "model_change"]
-HalfName = Literal["pre_purchase", "post_purchase"]
+TransitionReason = Literal[
+    "first_seen",
+    "customer_event",
+    "event",
+    "threshold",
+    "decay",
+    "time_in_stage",
+    "trend",
+    "model_change",
+]
 _RFC3339_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 
 
@@ -63,7 +73,10 @@ class Transition(_Record):
     contact_id: str
     from_stage: str | None = Field(description="null on the contact's first event")
     to_stage: str
-    half: HalfName
+    half: str = Field(
+        description="the index weighting of to_stage, which index and previous_index use "
+        "(format 1 models: the half, pre_purchase or post_purchase)"
+    )
     reason: TransitionReason
     index: float = Field(description="index at occurred_at, after the change")
     previous_index: float = Field(
@@ -73,6 +86,19 @@ class Transition(_Record):
     cause_event_id: str | None = Field(description="the event that caused it; null for decay")
     occurred_at: str = Field(pattern=_RFC3339_MS, description="RFC 3339, UTC, milliseconds")
     model_version: str
+    lifecycle: str = Field(description="the lifecycle whose stage changed")
+    rule_id: str | None = Field(
+        description="the edge that fired, or the initial entry for first_seen; null for "
+        "model_change"
+    )
+
+
+class StageStatus(TypedDict):
+    """A contact's current stage in one lifecycle."""
+
+    stage: str
+    entered_at: str
+    in_stage_ms: int
 
 
 class ContactSnapshot(_Record):
@@ -80,8 +106,8 @@ class ContactSnapshot(_Record):
 
     tenant: str
     contact_id: str
-    stage: str
-    half: HalfName
+    stage: str = Field(description="the stage in the model's first lifecycle")
+    half: str = Field(description="the index weighting of that stage")
     index: float
     components: dict[str, float]
     customer: bool
@@ -93,3 +119,7 @@ class ContactSnapshot(_Record):
     active_days_90d: int = Field(ge=0, le=90)
     model_version: str
     evaluated_at: str = Field(pattern=_RFC3339_MS)
+    lifecycles: dict[str, StageStatus] = Field(
+        description="lifecycle -> current stage, since when, and for how long at evaluated_at"
+    )
+    markers: dict[str, str] = Field(description="set markers -> when they were set")

@@ -118,7 +118,7 @@ class Worker:
         if self.auth is not None and not len(self.auth):
             log.warning("query API auth is on but no token is configured: /v1/ answers 401")
         self.due = DueIndex()
-        self.stage_counts: CounterDict[str] = CounterDict()
+        self.stage_counts: CounterDict[tuple[str, str]] = CounterDict()
         self.recovered = False
         ticks = topology.internal.ticks.name
         #: the sources that carry events: a partition's decay wake-ups wait until all are read
@@ -293,11 +293,11 @@ class Worker:
                 await asyncio.sleep(delay)
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
-        for old, new in outcome.stage_moves:
+        for lifecycle, old, new in outcome.stage_moves:
             if old is not None:
-                self.stage_counts[old] -= 1
+                self.stage_counts[(lifecycle, old)] -= 1
             if new is not None:
-                self.stage_counts[new] += 1
+                self.stage_counts[(lifecycle, new)] += 1
         self._publish_gauges()
         now = self.clock_ms()
         self.metrics.batch_size.observe(len(records))
@@ -397,8 +397,8 @@ class Worker:
         store: Any = self.contacts.data
         topic = self.contacts.changelog_topic.get_topic_name()
         owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
-        halves = self.model.compiled.halves
-        layout = self.model.compiled.layout
+        compiled = self.model.compiled
+        layout = compiled.layout
         legacy_sources = self.topology.scoring_sources
         stage_counts = self.stage_counts
         partitions = self.topology.scoring_partitions
@@ -409,7 +409,7 @@ class Worker:
                 key = bytes(raw_key)
                 try:
                     stored = StoredContact.decode(bytes(raw_value), legacy_sources)
-                    post, upper, due_ms, state_layout = peek_state(stored.state_bytes)
+                    due_ms, state_layout, stage_ids = peek_state(stored.state_bytes)
                     contact = ContactKey.decode(key)
                     if canonical_partition(key, partitions) != partition:
                         # written by a release that kept a contact where its records arrived:
@@ -422,16 +422,18 @@ class Worker:
                         # woken at once to publish its model_change (the wake-up migrates it)
                         foreign += 1
                         state = decode_state(stored.state_bytes, contact)
-                        migrated, changes = migrate(state, self.model.compiled)
-                        post, upper = migrated.post_purchase, migrated.upper
+                        migrated, changes = migrate(state, compiled)
+                        stage_ids = migrated.stages
                         due_ms = 1 if changes else migrated.due_ms
                 except Exception:
                     self.metrics.errors.labels(where="recovery").inc()
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
                 self.due.set(partition, key, due_ms)
-                half = halves[post]
-                stage_counts[half.upper_stage if upper else half.lower_stage] += 1
+                for stage_id in stage_ids:
+                    position, stage = compiled.stage_by_id[stage_id]
+                    lifecycle = compiled.lifecycles[position]
+                    stage_counts[(lifecycle.name, lifecycle.stages[stage].name)] += 1
                 count += 1
                 if count % 10_000 == 0:
                     await asyncio.sleep(0)
@@ -468,8 +470,9 @@ class Worker:
 
     def _publish_gauges(self) -> None:
         self.metrics.due_index_size.set(len(self.due))
-        for stage, n in self.stage_counts.items():
-            self.metrics.contacts_per_stage.labels(stage=stage).set(n)
+        gauge = self.metrics.contacts_per_stage
+        for (lifecycle, stage), n in self.stage_counts.items():
+            gauge.labels(lifecycle=lifecycle, stage=stage).set(n)
 
     # -------------------------------------------------------------------- web
     def _register_views(self) -> None:

@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import orjson
 
 from engagement_index import __version__
-from engagement_index.core.decay import index_of
 from engagement_index.core.dedupe import EMPTY as EMPTY_SEEN
 from engagement_index.core.dedupe import SeenIds, admit
 from engagement_index.core.erasure import Erasure, ErasureRequest
@@ -36,8 +35,8 @@ from engagement_index.core.events import (
     check_time_window,
     parse_event_fields,
 )
-from engagement_index.core.lifecycle import advance, apply_fields, evaluate
-from engagement_index.core.model import CompiledModel, ScoringModel
+from engagement_index.core.lifecycle import advance, contact_index, evaluate, stage_names, step
+from engagement_index.core.model import ScoringModel
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.records import Transition
 from engagement_index.core.state import ContactState, decode_state, encode_state
@@ -86,15 +85,9 @@ class BatchOutcome:
     history_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # table key -> (partition, due time or None)
     due_updates: dict[bytes, tuple[int, int | None]] = field(default_factory=dict)
-    # (old stage, new stage); new None: the contact was erased
-    stage_moves: list[tuple[str | None, str | None]] = field(default_factory=list)
+    # (lifecycle, old stage, new stage); old None: a new contact, new None: an erasure
+    stage_moves: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     latency_from_ms: list[int] = field(default_factory=list)
-
-
-def stage_of(state: ContactState, model: CompiledModel) -> str:
-    """The lifecycle stage name of ``state``."""
-    half = model.halves[state.post_purchase]
-    return half.upper_stage if state.upper else half.lower_stage
 
 
 def encode_tick(due_ms: int) -> bytes:
@@ -147,9 +140,9 @@ class BatchScorer:
         self._version_header = __version__.encode()
         self._channels = {t: topology.channel_of(t) for t in topology.scoring_sources}
         self._newest_event_ms: dict[str, int] = {}
-        self._transition_counters: dict[tuple[str | None, str, str], Any] = {}
+        self._transition_counters: dict[tuple[str, str | None, str, str], Any] = {}
         # per batch, added to the metrics once at its end
-        self._transition_counts: Counter[tuple[str | None, str, str]] = Counter()
+        self._transition_counts: Counter[tuple[str, str | None, str, str]] = Counter()
         self._snapshot_count = 0
 
     # ------------------------------------------------------------------ batch
@@ -209,9 +202,12 @@ class BatchScorer:
         for labels, count in self._transition_counts.items():
             counter = counters.get(labels)
             if counter is None:
-                from_stage, to_stage, reason = labels
+                lifecycle, from_stage, to_stage, reason = labels
                 counter = counters[labels] = self.metrics.transitions.labels(
-                    from_stage=from_stage or "none", to_stage=to_stage, reason=reason
+                    lifecycle=lifecycle,
+                    from_stage=from_stage or "none",
+                    to_stage=to_stage,
+                    reason=reason,
                 )
             counter.inc(count)
         self._transition_counts.clear()
@@ -293,7 +289,7 @@ class BatchScorer:
         duplicate = seen is None
         if seen is not None:
             previous = entry.state(key, contact) if entry.known else None
-            state, transitions = apply_fields(previous, fields, self._compiled)
+            state, transitions = step(previous, fields, self._compiled)
             entry.published_index = self._emit(
                 index,
                 key,
@@ -387,7 +383,8 @@ class BatchScorer:
         stored = self._load(key, index, contacts, load_contact)
         if stored is not None:
             state = stored.state(key)
-            out.stage_moves.append((stage_of(state, self._compiled), None))
+            for lifecycle, stage in stage_names(state, self._compiled).items():
+                out.stage_moves.append((lifecycle, stage, None))
         erasure = Erasure(
             erasure_id=request.erasure_id,
             tenant=request.tenant,
@@ -442,16 +439,14 @@ class BatchScorer:
             for transition in transitions:
                 payload = transition.to_json_bytes()
                 sends.append(OutboundRecord(self._stage_topic, key, payload))
-                move = (transition.from_stage, transition.to_stage)
+                move = (transition.lifecycle, transition.from_stage, transition.to_stage)
                 out.stage_moves.append(move)
                 counts[(*move, transition.reason)] += 1
                 history.append(payload)
             del history[: -self.settings.history_size]
             out.history_writes[key] = (index, b"")  # the value is joined at the batch end
         # the snapshot is evaluated at the state's clock, where the index needs no rebase
-        index_now = index_of(
-            state.values, self._compiled.halves[state.post_purchase], self._compiled
-        )
+        index_now = contact_index(state, self._compiled)
         moved = math.isnan(published_index) or (
             abs(index_now - published_index) > self.settings.score_step
         )
