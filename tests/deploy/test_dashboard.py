@@ -32,10 +32,10 @@ def test_dashboard_covers_every_required_view() -> None:
     for name, grouping in [
         ("engagement_events_consumed_total", "by (channel)"),  # throughput by channel
         ("engagement_dead_letters_total", "by (failure_type)"),  # DLQ by failure type
-        ("engagement_transitions_total", "by (from_stage, to_stage)"),  # by stage pair
+        ("engagement_transitions_total", "by (lifecycle, from_stage, to_stage)"),  # by stage pair
         ("engagement_processing_latency_seconds_bucket", "histogram_quantile(0.99"),
         ("engagement_event_time_lag_seconds", "by (channel)"),  # lag
-        ("engagement_contacts", "by (stage)"),  # contacts per stage
+        ("engagement_contacts", "by (lifecycle, stage)"),  # contacts per stage
         ("engagement_recovery_remaining_records", ""),  # recovery progress
         ("engagement_collector_requests_total", "by (status)"),
     ]:

@@ -272,7 +272,7 @@ def test_a_model_change_is_migrated_never_applied_with_the_old_due_times(
     # the same state, the leave level lowered: no decay may fire at the old due times
     env.model_file.write_text(
         slow.replace('"fast-test-1"', '"fast-test-2"').replace(
-            "leave_upper_below: 45", "leave_upper_below: 30"
+            "{index: pre_purchase, below: 45}", "{index: pre_purchase, below: 30}"
         )
     )
     lowered = env.worker("w2")
@@ -292,7 +292,7 @@ def test_a_model_change_is_migrated_never_applied_with_the_old_due_times(
     # one more component: the events of existing contacts are scored, none is a dead letter
     env.model_file.write_text(
         slow.replace('"fast-test-1"', '"fast-test-3"')
-        .replace("leave_upper_below: 45", "leave_upper_below: 30")
+        .replace("{index: pre_purchase, below: 45}", "{index: pre_purchase, below: 30}")
         .replace(
             "components:",
             "components:\n  support:  {half_life: 20s, saturation: 5}",

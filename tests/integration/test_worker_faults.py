@@ -192,7 +192,7 @@ def test_killed_worker_with_deleted_state_recovers_and_matches_replay(
         status, body = restarted.get(f"/v1/contacts/{tenant}/{cid}")
         assert status == 200
         assert body["events_counted"] == state.events_counted, cid
-        expected = evaluate(state, parse_timestamp_ms(body["evaluated_at"]), env.model)
+        expected = evaluate(state, parse_timestamp_ms(body["evaluated_at"]), env.model.compiled)
         assert body["index"] == pytest.approx(expected.index, abs=1e-6), cid
         assert body["stage"] == expected.stage, cid
     assert restarted.stop() == 0, restarted.log_tail()

@@ -271,7 +271,7 @@ def test_worker_equals_replay_and_serves_api_and_metrics(
         status, body = worker.get(f"/v1/contacts/{tenant}/{cid}")
         assert status == 200, body
         at = parse_timestamp_ms(body["evaluated_at"])
-        expected = evaluate(state, at, env.model)
+        expected = evaluate(state, at, env.model.compiled)
         assert body["index"] == pytest.approx(expected.index, abs=1e-6)
         assert body["stage"] == expected.stage
         assert body["events_counted"] == expected.events_counted

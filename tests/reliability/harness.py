@@ -636,7 +636,7 @@ def check_against_oracle(
             check.examples.append(f"{key}: HTTP {status} {body}")
             continue
         at = parse_timestamp_ms(body["evaluated_at"])
-        want = evaluate(state, at, model)
+        want = evaluate(state, at, model.compiled)
         if (
             abs(body["index"] - want.index) > 1e-6
             or body["stage"] != want.stage

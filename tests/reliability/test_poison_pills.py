@@ -320,7 +320,7 @@ def test_poison_pills_are_dead_lettered_and_the_rest_scores_as_the_oracle(
         if status != 200:
             state_mismatches.append((tenant, cid, status))
             continue
-        expected = evaluate(state, parse_timestamp_ms(body["evaluated_at"]), env.model)
+        expected = evaluate(state, parse_timestamp_ms(body["evaluated_at"]), env.model.compiled)
         if (
             abs(body["index"] - expected.index) > 1e-6
             or body["stage"] != expected.stage

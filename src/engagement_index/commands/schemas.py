@@ -105,7 +105,9 @@ def generate() -> dict[str, str]:
     files["examples/canonical-event.json"] = _dump(_EXAMPLE_EVENTS[0])
     files["examples/transition.json"] = _dump(result.transitions[-1].model_dump(mode="json"))
     files["examples/contact-state.json"] = _dump(result.snapshots[0].model_dump(mode="json"))
-    files["examples/scoring-model.json"] = _dump(model.model_dump(mode="json"))
+    files["examples/scoring-model.json"] = _dump(
+        model.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    )
     request = _EXAMPLE_ERASURE_REQUEST
     files["examples/erasure-request.json"] = _dump(request.model_dump(mode="json"))
     erasure = Erasure(**request.model_dump(), found=True, erased_at="2026-11-20T09:00:00.250Z")

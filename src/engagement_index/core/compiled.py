@@ -22,6 +22,7 @@ from engagement_index.core.model import (
     Condition,
     Edge,
     InitialEntry,
+    Legacy,
     Lifecycle,
     Stage,
     Trend,
@@ -214,7 +215,8 @@ def compile_model(model: ScoringModel) -> CompiledModel:
     if model.format == 1:
         indices, markers, lifecycles, legacy = _from_halves(model)
     else:
-        assert model.indices is not None and model.lifecycles is not None
+        assert model.indices is not None
+        assert model.lifecycles is not None
         indices, markers = model.indices, model.markers
         lifecycles, legacy = dict(model.lifecycles), model.legacy
     names = _Names(model.model_copy(update={"markers": markers}), indices)
@@ -278,10 +280,12 @@ def compile_model(model: ScoringModel) -> CompiledModel:
         first = compiled_lifecycles[0]
         stage_pos = {s.name: i for i, s in enumerate(first.stages)}
         positions = []
-        for stage in legacy.stages:
-            if stage not in stage_pos:
-                raise ModelError(f"legacy.stages: {stage!r} is not a stage of {first.name!r}")
-            positions.append(stage_pos[stage])
+        for legacy_stage in legacy.stages:
+            if legacy_stage not in stage_pos:
+                raise ModelError(
+                    f"legacy.stages: {legacy_stage!r} is not a stage of {first.name!r}"
+                )
+            positions.append(stage_pos[legacy_stage])
         bit = 0
         if legacy.marker is not None:
             if legacy.marker not in names.marker_pos:
@@ -308,10 +312,8 @@ def compile_model(model: ScoringModel) -> CompiledModel:
 
 def _from_halves(
     model: ScoringModel,
-) -> tuple[dict[str, dict[str, float]], tuple[str, ...], dict[str, Lifecycle], object]:
+) -> tuple[dict[str, dict[str, float]], tuple[str, ...], dict[str, Lifecycle], Legacy]:
     """A format 1 model as format 2 parts (docs/models.md#the-default-model)."""
-    from engagement_index.core.model import Legacy
-
     halves = model.halves
     assert halves is not None
     pre, post = halves.pre_purchase, halves.post_purchase
@@ -384,32 +386,35 @@ def _band_lifecycle(spec: Bands) -> Lifecycle:
         raise ValueError("bands.levels: two bands have the same level")
     index = spec.index
     edges = []
-    for b, (name, _) in enumerate(levels):
-        for higher in range(len(levels) - 1, b, -1):  # up: highest first
-            target, level = levels[higher]
-            edges.append(
-                Edge(
-                    id=f"up_to_{target}",
-                    from_=name,
-                    to=target,
-                    when=Condition(index=index, at_least=level),
-                )
+    # out of a band: up to the highest band reached first, then down to the lowest band left
+    for higher in range(len(levels) - 1, 0, -1):
+        target, level = levels[higher]
+        edges.append(
+            Edge(
+                id=f"up_to_{target}",
+                from_=tuple(name for name, _ in levels[:higher]),
+                to=target,
+                when=Condition(index=index, at_least=level),
             )
-        for lower in range(b):  # down: lowest first, below the level above it minus hysteresis
-            target = levels[lower][0]
-            leave = levels[lower + 1][1] - spec.hysteresis
-            edges.append(
-                Edge(
-                    id=f"down_to_{target}",
-                    from_=name,
-                    to=target,
-                    when=Condition(index=index, below=max(leave, 0.0)),
-                )
+        )
+    for lower in range(len(levels) - 1):
+        target = levels[lower][0]
+        leave = levels[lower + 1][1] - spec.hysteresis  # leaving the band above it
+        edges.append(
+            Edge(
+                id=f"down_to_{target}",
+                from_=tuple(name for name, _ in levels[lower + 1 :]),
+                to=target,
+                when=Condition(index=index, below=max(leave, 0.0)),
             )
-    initial = tuple(
-        InitialEntry(stage=name, when=Condition(index=index, at_least=level))
-        for name, level in reversed(levels[1:])
-    ) + (InitialEntry(stage=levels[0][0]),)
+        )
+    initial = (
+        *tuple(
+            InitialEntry(stage=name, when=Condition(index=index, at_least=level))
+            for name, level in reversed(levels[1:])
+        ),
+        InitialEntry(stage=levels[0][0]),
+    )
     return Lifecycle(
         stages={name: Stage(index=index) for name, _ in reversed(levels)},
         initial=initial,
@@ -426,7 +431,7 @@ def _trend_lifecycle(spec: Trend) -> Lifecycle:
         return Condition(trend_ratio=RatioLevel(at_least=at_least, below=below))
 
     def edge(source: str, target: str, when: Condition) -> Edge:
-        return Edge(id=f"to_{target}", from_=source, to=target, when=when)
+        return Edge(id=f"{source}_to_{target}", from_=source, to=target, when=when)
 
     return Lifecycle(
         stages={"rising": Stage(), "steady": Stage(), "falling": Stage()},
@@ -458,7 +463,8 @@ def _compile_lifecycle(
             spec = _trend_lifecycle(spec.trend)
     except ValueError as exc:
         raise ModelError(f"{where}.{exc}") from None
-    assert spec.stages is not None and spec.initial is not None
+    assert spec.stages is not None
+    assert spec.initial is not None
     stage_names = tuple(spec.stages)
     stage_pos = {s: i for i, s in enumerate(stage_names)}
     ctx = _CondContext(names, position, where, is_trend)
@@ -585,7 +591,8 @@ class _CondContext:
             return Cond(MARKER, marker=m, bit=1 << m, wanted=cond.set is not False)
         if cond.in_stage_for is not None:
             return Cond(IN_STAGE, ms=duration_ms(cond.in_stage_for))
-        assert cond.since_marker is not None and cond.at_least is not None
+        assert cond.since_marker is not None
+        assert cond.at_least is not None
         m = self._marker(cond.since_marker, f"{field}.since_marker")
         seconds = parse_duration(cond.at_least, "since_marker.at_least")
         return Cond(SINCE, marker=m, bit=1 << m, ms=duration_ms(seconds))
@@ -674,10 +681,7 @@ def _satisfiable(atoms: Sequence[Cond]) -> bool:
             wanted = atom.wanted if atom.kind == MARKER else True
             if markers.setdefault(atom.marker, wanted) != wanted:
                 return False
-    for source, high in highs.items():
-        if high <= lows.get(source, 0.0):
-            return False
-    return True
+    return all(high > lows.get(source, 0.0) for source, high in highs.items())
 
 
 def _simple_cycles(count: int, arcs: Sequence[tuple[int, int, int]]) -> Iterator[list[int]]:

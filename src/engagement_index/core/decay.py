@@ -95,9 +95,7 @@ def crossing_delay_ms(
         return None
     terms = [
         (w, v, k, _LN2 / h)
-        for v, w, k, h in zip(
-            values, weights, model.saturation, model.half_life_ms, strict=True
-        )
+        for v, w, k, h in zip(values, weights, model.saturation, model.half_life_ms, strict=True)
         if v > 0.0 and w != 0.0
     ]
     if not terms:  # pragma: no cover - the index would be 0 < threshold, handled above
@@ -209,7 +207,7 @@ def trend_crossing_ms(
     """Smallest integer ``d`` in ``[1, max_delay_ms]`` with ``trend_ratio(d) < level``.
 
     0 if it is below already, None if it stays at or above ``level``. The ratio falls as
-    ``ρ0 · 2^(-d (1/h_fast - 1/h_slow))`` (closed form); an integer bracket on the exact
+    ``rho0 * 2^(-d (1/h_fast - 1/h_slow))`` (closed form); an integer bracket on the exact
     :func:`trend_ratio` fixes the answer to the millisecond.
     """
     rho = trend_ratio(sums, 0, trend)

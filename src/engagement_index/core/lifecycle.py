@@ -30,7 +30,6 @@ from engagement_index.core.compiled import (
     IN_STAGE,
     LEVEL,
     MARKER,
-    SINCE,
     TREND,
     CompiledLifecycle,
     CompiledModel,
@@ -53,7 +52,6 @@ from engagement_index.core.state import (
     ACTIVITY_MASK,
     EMPTY_WINDOW,
     ContactState,
-    Window,
     active_days_between,
 )
 from engagement_index.core.timestamps import MS_PER_DAY, ms_to_rfc3339
@@ -343,7 +341,8 @@ class _Work:
 
     def fire_due(self) -> None:
         """The time-driven change at ``due``: rebase to it, then run the instant."""
-        assert self.due is not None and self.due > self.clock
+        assert self.due is not None
+        assert self.due > self.clock
         self.begin_instant()
         self.rebase(self.due - self.clock)
         self.run_instant(_Instant(None, None, False, None))
@@ -418,9 +417,7 @@ class _Work:
         unit = 2.0 ** (-age / h) if age else 1.0
         points = rule.points
         if n + 1 <= cap.count:
-            self.values[cap.component] += (
-                late_contribution(points, age, h) if age else points
-            )
+            self.values[cap.component] += late_contribution(points, age, h) if age else points
         else:
             old = points * (cap.count / n) * s if n > cap.count else points * s
             new = points * (cap.count / (n + 1)) * (s + unit)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Self
 
-from typing_extensions import TypedDict
-
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 TransitionReason = Literal[
     "first_seen",

@@ -228,7 +228,7 @@ def _body_size(layout: StateLayout) -> int:
     )
 
 
-def _parse(data: bytes) -> tuple[int, int, int, StateLayout, int, int]:
+def _parse(data: bytes) -> tuple[int, int, int, int, StateLayout, int]:
     """``(version, flags, clock, counted, layout, position of the deltas)``."""
     if len(data) < _V1_FIXED + 8 or data[0] not in (1, 2, STATE_VERSION):
         raise StateDecodeError(f"not a contact state of version 1 to 3 ({len(data)} bytes)")

@@ -559,7 +559,7 @@ class Worker:
             return not_found(key), 404
         stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
         state = decode_state(stored.state_bytes, key)
-        snapshot = evaluate(state, self.clock_ms(), self.model)
+        snapshot = evaluate(state, self.clock_ms(), self.model.compiled)
         history: Any = self.history.data
         history_raw = history._db_for_partition(partition).get(raw_key)
         import json

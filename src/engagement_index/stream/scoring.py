@@ -100,6 +100,21 @@ def decode_tick(value: bytes) -> int:
     return int(TICK.unpack(value)[0])
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One batch being scored: its outcome, the contacts and histories it has read, and how
+    to read more (passed to every step instead of the same caches one by one)."""
+
+    out: BatchOutcome
+    load_contact: Callable[[bytes, int], bytes | None]
+    load_history: Callable[[bytes, int], bytes | None]
+    now_ms: int
+    contacts: dict[bytes, _Entry | None] = field(default_factory=dict)
+    histories: dict[bytes, list[bytes]] = field(default_factory=dict)
+    #: per topic, the newest event timestamp scored in this batch
+    newest: dict[str, int] = field(default_factory=dict)
+
+
 class BatchScorer:
     """Applies the core to batches of records for the partitions this worker owns."""
 
@@ -139,7 +154,6 @@ class BatchScorer:
         self._max_age_ms = int(settings.max_age_days * 86_400_000)
         self._version_header = __version__.encode()
         self._channels = {t: topology.channel_of(t) for t in topology.scoring_sources}
-        self._newest_event_ms: dict[str, int] = {}
         self._transition_counters: dict[tuple[str, str | None, str, str], Any] = {}
         # per batch, added to the metrics once at its end
         self._transition_counts: Counter[tuple[str, str | None, str, str]] = Counter()
@@ -158,25 +172,24 @@ class BatchScorer:
         end (one table write, so one changelog record, per contact per batch).
         """
         out = BatchOutcome()
-        contacts: dict[bytes, _Entry | None] = {}
-        histories: dict[bytes, list[bytes]] = {}
-        now_ms = self.clock_ms()
+        batch = _Batch(out, load_contact, load_history, self.clock_ms())
         outcomes: Counter[tuple[str, str]] = Counter()
-        newest: dict[str, int] = {}
-        self._newest_event_ms = newest
         channels = self._channels
         for index, record in enumerate(records):
             channel = channels.get(record.topic) or self.topology.channel_of(record.topic)
             try:
-                outcome = self._process_one(
-                    index, record, now_ms, out, contacts, histories, load_contact, load_history
-                )
+                outcome = self._process_one(batch, index, record)
             except Exception as exc:  # a bug must not stop the partition: dead-letter it
                 self.metrics.errors.labels(where="score").inc()
-                self._dead_letter(out, record, FailureType.INTERNAL_ERROR, repr(exc), now_ms)
+                failure = FailureType.INTERNAL_ERROR
+                self._dead_letter(out, record, failure, repr(exc), batch.now_ms)
                 outcome = "dead_lettered"
             if outcome:
                 outcomes[(channel, outcome)] += 1
+        contacts = batch.contacts
+        histories = batch.histories
+        now_ms = batch.now_ms
+        newest = batch.newest
         writes = out.contact_writes
         for key, entry in contacts.items():
             if entry is not None and entry.last_index >= 0:
@@ -215,23 +228,15 @@ class BatchScorer:
             self.metrics.score_snapshots.inc(self._snapshot_count)
             self._snapshot_count = 0
 
-    def _process_one(
-        self,
-        index: int,
-        record: InboundRecord,
-        now_ms: int,
-        out: BatchOutcome,
-        contacts: dict[bytes, _Entry | None],
-        histories: dict[bytes, list[bytes]],
-        load_contact: Callable[[bytes, int], bytes | None],
-        load_history: Callable[[bytes, int], bytes | None],
-    ) -> str | None:
+    def _process_one(self, batch: _Batch, index: int, record: InboundRecord) -> str | None:
         if record.topic == self._tick_topic:
-            self._process_tick(index, record, out, contacts, histories, load_contact, load_history)
+            self._process_tick(batch, index, record)
             return None
         if record.topic == self._erasure_topic:
-            self._process_erasure(index, record, now_ms, out, contacts, histories, load_contact)
+            self._process_erasure(batch, index, record)
             return None
+        out = batch.out
+        now_ms = batch.now_ms
         value = record.value
         if value is None:
             self._dead_letter(
@@ -269,14 +274,14 @@ class BatchScorer:
             )
             self.metrics.partition_forwards.labels(channel=self._channels[record.topic]).inc()
             return "forwarded"
-        entry = self._load(key, index, contacts, load_contact)
+        entry = self._load(batch, key, index)
         source = self._source_index[record.topic]
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
             # re-delivery of a record already in the state. The local store may hold a write
             # whose changelog record never reached the broker (a crash while it was in flight,
             # before the offsets were committed): write the value (and history) again, so the
             # changelog, which another worker restores from, is not left behind the store.
-            self._rewrite(key, index, entry, out, histories, load_history)
+            self._rewrite(batch, key, index, entry)
             return "duplicate"
         seen = admit(
             entry.seen if entry is not None else EMPTY_SEEN,
@@ -290,45 +295,26 @@ class BatchScorer:
         if seen is not None:
             previous = entry.state(key, contact) if entry.known else None
             state, transitions = step(previous, fields, self._compiled)
-            entry.published_index = self._emit(
-                index,
-                key,
-                record,
-                state,
-                transitions,
-                entry.published_index,
-                out,
-                histories,
-                load_history,
-            )
-            entry.set_state(state)
+            self._emit(batch, index, record, entry, (key, state, transitions))
             entry.seen = seen
         elif not entry.known:  # a duplicate of nothing: cannot happen (the window is empty)
             return "duplicate"
         # all checks passed: commit the contact's new state to the batch cache
         entry.offsets[source] = record.offset
         entry.last_index = index
-        contacts[key] = entry
+        batch.contacts[key] = entry
         out.latency_from_ms.append(record.timestamp_ms)
-        newest = self._newest_event_ms
+        newest = batch.newest
         if fields.timestamp_ms > newest.get(record.topic, -1):
             newest[record.topic] = fields.timestamp_ms
         return "duplicate" if duplicate else "scored"
 
-    def _process_tick(
-        self,
-        index: int,
-        record: InboundRecord,
-        out: BatchOutcome,
-        contacts: dict[bytes, _Entry | None],
-        histories: dict[bytes, list[bytes]],
-        load_contact: Callable[[bytes, int], bytes | None],
-        load_history: Callable[[bytes, int], bytes | None],
-    ) -> None:
+    def _process_tick(self, batch: _Batch, index: int, record: InboundRecord) -> None:
         if record.key is None or record.value is None or len(record.value) != TICK.size:
             return  # not ours; ticks carry no user data, nothing to dead-letter
         key = record.key
-        entry = self._load(key, index, contacts, load_contact)
+        out = batch.out
+        entry = self._load(batch, key, index)
         if entry is None:
             out.due_updates[key] = (record.partition, None)
             return
@@ -340,32 +326,13 @@ class BatchScorer:
                 entry.set_state(state)
                 entry.last_index = index
             return
-        published = self._emit(
-            index,
-            key,
-            record,
-            state,
-            transitions,
-            entry.published_index,
-            out,
-            histories,
-            load_history,
-        )
-        entry.published_index = published
-        entry.set_state(state)
+        self._emit(batch, index, record, entry, (key, state, transitions))
         entry.last_index = index
 
-    def _process_erasure(
-        self,
-        index: int,
-        record: InboundRecord,
-        now_ms: int,
-        out: BatchOutcome,
-        contacts: dict[bytes, _Entry | None],
-        histories: dict[bytes, list[bytes]],
-        load_contact: Callable[[bytes, int], bytes | None],
-    ) -> None:
+    def _process_erasure(self, batch: _Batch, index: int, record: InboundRecord) -> None:
         """Delete the contact's state and history; tombstone its score; confirm downstream."""
+        out = batch.out
+        now_ms = batch.now_ms
         try:
             if record.value is None:
                 raise ValueError("record has no value")
@@ -380,7 +347,7 @@ class BatchScorer:
         if record.key != key or record.partition != home:  # not the owner's: send it there
             out.sends.append(OutboundRecord(self._erasure_topic, key, record.value, (), home))
             return
-        stored = self._load(key, index, contacts, load_contact)
+        stored = self._load(batch, key, index)
         if stored is not None:
             state = stored.state(key)
             for lifecycle, stage in stage_names(state, self._compiled).items():
@@ -396,45 +363,37 @@ class BatchScorer:
         )
         out.sends.append(OutboundRecord(self._scores_topic, key, None))  # compaction tombstone
         out.sends.append(OutboundRecord(self._erasures_out_topic, key, erasure.to_json_bytes()))
-        contacts[key] = None
-        histories[key] = []
+        batch.contacts[key] = None
+        batch.histories[key] = []
         out.contact_writes[key] = (index, None)
         out.history_writes[key] = (index, None)
         out.due_updates[key] = (record.partition, None)
         self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
 
-    def _rewrite(
-        self,
-        key: bytes,
-        index: int,
-        entry: _Entry,
-        out: BatchOutcome,
-        histories: dict[bytes, list[bytes]],
-        load_history: Callable[[bytes, int], bytes | None],
-    ) -> None:
+    def _rewrite(self, batch: _Batch, key: bytes, index: int, entry: _Entry) -> None:
         """Write a re-delivered contact's unchanged value and history again at the batch end."""
         entry.last_index = max(entry.last_index, index)
-        if key not in out.history_writes and self._history(key, index, histories, load_history):
+        out = batch.out
+        if key not in out.history_writes and self._history(batch, key, index):
             out.history_writes[key] = (index, b"")  # the value is joined at the batch end
 
     # ---------------------------------------------------------------- outputs
     def _emit(
         self,
+        batch: _Batch,
         index: int,
-        key: bytes,
         record: InboundRecord,
-        state: ContactState,
-        transitions: list[Transition],
-        published_index: float,
-        out: BatchOutcome,
-        histories: dict[bytes, list[bytes]],
-        load_history: Callable[[bytes, int], bytes | None],
-    ) -> float:
-        """Queue the outputs of a state change; returns the contact's published index."""
+        entry: _Entry,
+        change: tuple[bytes, ContactState, list[Transition]],
+    ) -> None:
+        """Queue the outputs of a state change (``(key, new state, transitions)``) and keep
+        the new state and the contact's published index in ``entry``."""
+        key, state, transitions = change
+        out = batch.out
         out.due_updates[key] = (record.partition, state.due_ms)
         sends = out.sends
         if transitions:
-            history = self._history(key, index, histories, load_history)
+            history = self._history(batch, key, index)
             counts = self._transition_counts
             for transition in transitions:
                 payload = transition.to_json_bytes()
@@ -447,15 +406,14 @@ class BatchScorer:
             out.history_writes[key] = (index, b"")  # the value is joined at the batch end
         # the snapshot is evaluated at the state's clock, where the index needs no rebase
         index_now = contact_index(state, self._compiled)
-        moved = math.isnan(published_index) or (
-            abs(index_now - published_index) > self.settings.score_step
-        )
+        published = entry.published_index
+        moved = math.isnan(published) or abs(index_now - published) > self.settings.score_step
         if moved or transitions:
             snapshot = evaluate(state, state.clock_ms, self._compiled)
             sends.append(OutboundRecord(self._scores_topic, key, snapshot.to_json_bytes()))
             self._snapshot_count += 1
-            return snapshot.index
-        return published_index
+            entry.published_index = snapshot.index
+        entry.set_state(state)
 
     def _dead_letter(
         self,
@@ -478,35 +436,25 @@ class BatchScorer:
         out.sends.append(OutboundRecord(self._dlq_topic, record.key, record.value, headers))
 
     # ------------------------------------------------------------------ tables
-    def _load(
-        self,
-        key: bytes,
-        index: int,
-        cache: dict[bytes, _Entry | None],
-        load: Callable[[bytes, int], bytes | None],
-    ) -> _Entry | None:
+    def _load(self, batch: _Batch, key: bytes, index: int) -> _Entry | None:
+        cache = batch.contacts
         if key in cache:
             return cache[key]
-        legacy_sources = self._legacy_sources
-        raw = load(key, index)
+        raw = batch.load_contact(key, index)
         entry = None
         if raw is not None:
-            stored = StoredContact.decode(raw, legacy_sources)
+            stored = StoredContact.decode(raw, self._legacy_sources)
             entry = _Entry(stored.state_bytes, stored.offsets, stored.published_index, stored.seen)
         cache[key] = entry
         return entry
 
     @staticmethod
-    def _history(
-        key: bytes,
-        index: int,
-        cache: dict[bytes, list[bytes]],
-        load: Callable[[bytes, int], bytes | None],
-    ) -> list[bytes]:
-        history = cache.get(key)
+    def _history(batch: _Batch, key: bytes, index: int) -> list[bytes]:
+        history = batch.histories.get(key)
         if history is None:
-            raw = load(key, index)
-            history = cache[key] = [orjson.dumps(item) for item in orjson.loads(raw)] if raw else []
+            raw = batch.load_history(key, index)
+            history = [orjson.dumps(item) for item in orjson.loads(raw)] if raw else []
+            batch.histories[key] = history
         return history
 
 
