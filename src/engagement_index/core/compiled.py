@@ -212,6 +212,7 @@ class _Names:
 
 def compile_model(model: ScoringModel) -> CompiledModel:
     """The compiled form of ``model``; ``ModelError`` names the field of a lifecycle problem."""
+    legacy: Legacy | None
     if model.format == 1:
         indices, markers, lifecycles, legacy = _from_halves(model)
     else:
