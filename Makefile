@@ -49,8 +49,8 @@ reliability: setup ## fault, poison-pill and fuzz suites at full size (figures i
 soak: setup ## 30 min at 50% of the measured peak: worker RSS and lag (ARGS="--minutes n"; var/reliability/soak.json)
 	$(BIN)/python -m tests.reliability.soak $(ARGS)
 
-run: setup ## start a local broker, the worker and demo traffic (Ctrl-C stops)
-	@dev/run-demo.sh
+run: setup ## start a local broker, the worker and demo traffic (Ctrl-C stops; MODEL=journey: the journey model)
+	@MODEL="$(MODEL)" dev/run-demo.sh
 
 bench: setup ## benchmarks, not part of test (EVENTS=n, ARGS="--contacts n --latency-seconds s ...")
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'

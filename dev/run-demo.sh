@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 bin=.venv/bin
 port="${KAFKA_PORT:-9092}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$port}"
+# MODEL=journey (make run MODEL=journey): config/models/demo-journey.yaml and journey traffic
+model="${MODEL:-}"
+demo_args=()
+if [[ -n "$model" ]]; then
+  [[ -f "config/models/demo-$model.yaml" ]] || { echo "run: no config/models/demo-$model.yaml" >&2; exit 2; }
+  export ENGAGEMENT_INDEX_MODEL_FILE="config/models/demo-$model.yaml"
+  if [[ "$model" == journey ]]; then demo_args+=(--journey); fi
+fi
 export ENGAGEMENT_INDEX_MODEL_FILE="${ENGAGEMENT_INDEX_MODEL_FILE:-config/models/demo.yaml}"
 export ENGAGEMENT_INDEX_DATA_DIR="${ENGAGEMENT_INDEX_DATA_DIR:-var/demo-worker}"
 web_port="${ENGAGEMENT_INDEX_WEB_PORT:-6066}"
@@ -53,4 +61,4 @@ cat <<MSG
   Press Ctrl-C to stop.
 
 MSG
-"$bin/engagement-index" demo "$@"
+"$bin/engagement-index" demo ${demo_args[@]+"${demo_args[@]}"} "$@"

@@ -11,6 +11,11 @@ Personas (chosen per contact, reproducibly from ``--seed``):
 A small share of records are deliberately broken or duplicated so the dead-letter topic and
 the duplicate handling have something to show. Use with the demo model
 (``config/models/demo.yaml``), whose half-lives are seconds and minutes.
+
+With ``journey=True`` (``engagement-index demo --journey``, for
+``config/models/demo-journey.yaml``) customers also use the product more, open support tickets
+(some left open past the model's 15 s, some escalated), renew, and half the churners leave only
+after reaching ``retention``, so every journey edge fires within about seven minutes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +48,16 @@ HOT_RATES = {
     "social.share": 0.02,
 }
 CUSTOMER_RATES = {"product.login": 0.1, "product.core_action": 0.1, "email.open": 0.03}
+# journey mode: enough product, email and web use for the `usage` index to reach retention's 40
+JOURNEY_CUSTOMER_RATES = {
+    "product.login": 0.1,
+    "product.core_action": 0.15,
+    "email.open": 0.03,
+    "email.click": 0.02,
+    "web.page_view": 0.1,
+}
+# channels with no inbound topic of their own: the worker scores a type on any inbound topic
+TOPIC_CHANNEL = {"support": "product"}
 
 
 @dataclass
@@ -55,6 +70,8 @@ class DemoContact:
     buy_at_s: float
     quiet_at_s: float
     bought: bool = False
+    journey: bool = False
+    plan: list[tuple[float, str]] = field(default_factory=list)  # (seconds, type), in order
 
     def rates(self, elapsed: float) -> dict[str, float]:
         """Event rates (per second) at ``elapsed`` seconds into the demo."""
@@ -63,13 +80,13 @@ class DemoContact:
         if self.persona in ("churner", "fading") and elapsed >= self.quiet_at_s:
             return {}
         if self.bought:
-            return CUSTOMER_RATES
+            return JOURNEY_CUSTOMER_RATES if self.journey else CUSTOMER_RATES
         ramp = min(1.0, 0.1 + elapsed / self.ramp_s)
         return {k: v * ramp for k, v in HOT_RATES.items()}
 
 
-def make_contacts(count: int, rng: random.Random) -> list[DemoContact]:
-    """Contacts with personas and reproducible plans."""
+def make_contacts(count: int, rng: random.Random, *, journey: bool = False) -> list[DemoContact]:
+    """Contacts with personas and reproducible plans (the default ones unchanged by ``journey``)."""
     contacts = []
     for i in range(count):
         persona = rng.choices(PERSONAS, PERSONA_WEIGHTS)[0]
@@ -79,8 +96,32 @@ def make_contacts(count: int, rng: random.Random) -> list[DemoContact]:
             "churner": buy_at + rng.uniform(20, 40),
             "fading": ramp + rng.uniform(10, 40),
         }.get(persona, float("inf"))
-        contacts.append(DemoContact(f"demo-{i:04d}", persona, ramp, buy_at, quiet_at))
+        contact = DemoContact(f"demo-{i:04d}", persona, ramp, buy_at, quiet_at, journey=journey)
+        if journey:
+            contact.plan = _journey_plan(persona, buy_at, rng)
+            if persona == "churner" and rng.random() < 0.5:  # leaves after reaching retention
+                contact.quiet_at_s = buy_at + rng.uniform(240, 360)
+        contacts.append(contact)
     return contacts
+
+
+def _journey_plan(persona: str, buy_at: float, rng: random.Random) -> list[tuple[float, str]]:
+    """One-off events of a journey-mode contact: support tickets and a renewal, for buyers."""
+    plan: list[tuple[float, str]] = []
+    if persona != "buyer":
+        return plan
+    if rng.random() < 0.6:  # a ticket; resolved after 5-45 s (escalation after 15 s open)
+        opened = buy_at + rng.uniform(60, 240)
+        plan.append((opened, "support.ticket_opened"))
+        if rng.random() < 0.25:  # escalated by support: escalation at once
+            escalated = opened + rng.uniform(2, 8)
+            plan.append((escalated, "support.escalated"))
+            plan.append((escalated + rng.uniform(10, 40), "support.ticket_resolved"))
+        else:
+            plan.append((opened + rng.uniform(5, 45), "support.ticket_resolved"))
+    if rng.random() < 0.5:  # a renewal: adoption -> retention at once
+        plan.append((buy_at + rng.uniform(150, 300), "commerce.renewal"))
+    return sorted(plan)
 
 
 def _iso(ms: int) -> str:
@@ -102,18 +143,19 @@ def run_demo(
     bad_share: float,
     duplicate_share: float,
     tail: bool,
+    journey: bool = False,
     out: Callable[[str], None] = print,
 ) -> dict[str, int]:
     """Publish demo traffic until ``duration_s`` elapses (or forever); return counts."""
     rng = random.Random(seed)
-    people = make_contacts(contacts, rng)
+    people = make_contacts(contacts, rng, journey=journey)
     producer = KafkaProducer(linger_ms=20, **kafka_options)
     stop = threading.Event()
     tailer = None
     if tail:
         tailer = threading.Thread(
             target=_tail_stage_changes,
-            args=(kafka_options, topology.outbound.stage_changes.name, stop, out),
+            args=(kafka_options, topology.outbound.stage_changes.name, stop, out, journey),
             daemon=True,
         )
         tailer.start()
@@ -134,6 +176,9 @@ def run_demo(
                     for kind in ("commerce.cart_add", "commerce.purchase"):
                         _send(producer, topology, tenant, person, kind, now_ms, recent)
                         counts["events"] += 1
+                while person.plan and person.plan[0][0] <= elapsed:
+                    _send(producer, topology, tenant, person, person.plan.pop(0)[1], now_ms, recent)
+                    counts["events"] += 1
                 for kind, rate in person.rates(elapsed).items():
                     if rng.random() < rate * step_s:
                         _send(producer, topology, tenant, person, kind, now_ms, recent)
@@ -195,6 +240,7 @@ def _send(
         "properties": {"demo_persona": person.persona},
     }
     channel = kind.split(".", 1)[0]
+    channel = TOPIC_CHANNEL.get(channel, channel)
     topic = topology.inbound[channel].name  # type: ignore[index]
     key = ContactKey(tenant, person.contact_id).encode()
     value = json.dumps(event, separators=(",", ":")).encode()
@@ -207,6 +253,7 @@ def _tail_stage_changes(
     topic: str,
     stop: threading.Event,
     out: Callable[[str], None],
+    journey: bool = False,
 ) -> None:
     consumer = KafkaConsumer(
         topic,
@@ -220,10 +267,13 @@ def _tail_stage_changes(
             for record in consumer:
                 try:
                     t = json.loads(record.value)
+                    lifecycle = t.get("lifecycle") or ""
+                    if journey and lifecycle == "trend":
+                        continue  # rising/steady/falling flips every few seconds: not shown
                     out(
-                        f"stage change  {t['contact_id']:<10} {t['from_stage']!s:>9} -> "
-                        f"{t['to_stage']:<9} {t['reason']:<14} index {t['index']:6.2f}  "
-                        f"at {t['occurred_at']}"
+                        f"stage change  {t['contact_id']:<10} {lifecycle:<8} "
+                        f"{t['from_stage']!s:>10} -> {t['to_stage']:<10} {t['reason']:<14} "
+                        f"index {t['index']:6.2f}  at {t['occurred_at']}"
                     )
                 except (ValueError, KeyError, TypeError):
                     out(f"stage change  (unreadable record at offset {record.offset})")

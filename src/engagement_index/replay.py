@@ -16,7 +16,7 @@ from engagement_index.core.events import (
     FailureType,
     parse_event_fields,
 )
-from engagement_index.core.lifecycle import advance, evaluate, step
+from engagement_index.core.lifecycle import advance, evaluate, possibly_due_by, step, with_due
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
@@ -58,7 +58,11 @@ class Replayer:
     ``rejects``). ``states`` is keyed by ``(tenant, contact_id)``.
 
     Each event goes through :func:`engagement_index.core.lifecycle.step`, exactly as in the
-    worker; ``finish`` applies :func:`~engagement_index.core.lifecycle.advance`.
+    worker; ``finish`` applies :func:`~engagement_index.core.lifecycle.advance`. Due times are
+    solved lazily: only when a later event of the contact might lie past one
+    (:func:`~engagement_index.core.lifecycle.possibly_due_by`), or at ``finish``. Solving is a
+    pure function of the state, so the transitions are exactly those of solving after every
+    event.
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class Replayer:
         self.stats = ReplayStats()
         self.max_event_ms: int | None = None
         self._cm = model.compiled
+        #: contacts whose due time is not solved yet
+        self._unsolved: set[tuple[str, str]] = set()
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -133,8 +139,15 @@ class Replayer:
             stats.duplicates += 1
             return []
         self.seen[key] = seen
-        new, transitions = step(self.states.get(key), fields, self._cm)
+        state = self.states.get(key)
+        cm = self._cm
+        unsolved = self._unsolved
+        if state is not None and key in unsolved and possibly_due_by(state, ts, cm):
+            state = with_due(state, cm)
+            unsolved.discard(key)
+        new, transitions = step(state, fields, cm, solve_due=False)
         self.states[key] = new
+        unsolved.add(key)
         stats.applied += 1
         if transitions:
             stats.transitions += len(transitions)
@@ -154,8 +167,14 @@ class Replayer:
         """The time ``finish`` advances to: ``until_ms`` or the largest event timestamp."""
         return self.until_ms if self.until_ms is not None else self.max_event_ms
 
+    def _solve_all(self) -> None:
+        for key in self._unsolved:
+            self.states[key] = with_due(self.states[key], self._cm)
+        self._unsolved.clear()
+
     def finish(self, until_ms: int | None = None) -> list[Transition]:
         """Emit the time-driven changes due by the horizon, ordered by time then contact."""
+        self._solve_all()
         horizon = until_ms if until_ms is not None else self.horizon()
         if horizon is None:
             return []
@@ -178,6 +197,7 @@ class Replayer:
 
     def snapshots(self, at_ms: int | None = None) -> Iterator[ContactSnapshot]:
         """Each contact's snapshot at ``at_ms`` (default: the horizon), sorted by key."""
+        self._solve_all()
         at = at_ms if at_ms is not None else self.horizon()
         for key in sorted(self.states):
             state = self.states[key]

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bad-share", type=float, default=0.002, help="share of bad records")
     parser.add_argument("--duplicate-share", type=float, default=0.005)
     parser.add_argument("--no-tail", action="store_true", help="do not print stage changes")
+    parser.add_argument(
+        "--journey",
+        action="store_true",
+        help="product, support and renewal traffic for config/models/demo-journey.yaml",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         bad_share=args.bad_share,
         duplicate_share=args.duplicate_share,
         tail=not args.no_tail,
+        journey=args.journey,
     )
     print(
         f"demo: sent {counts['events']} events, {counts['duplicates']} duplicates, "

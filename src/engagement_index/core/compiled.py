@@ -427,6 +427,7 @@ def _trend_lifecycle(spec: Trend) -> Lifecycle:
     from engagement_index.core.model import RatioLevel
 
     up, down = 1.0 + spec.margin, 1.0 - spec.margin
+    leave_up, leave_down = up - spec.hysteresis, down + spec.hysteresis
 
     def ratio(at_least: float | None = None, below: float | None = None) -> Condition:
         return Condition(trend_ratio=RatioLevel(at_least=at_least, below=below))
@@ -445,9 +446,9 @@ def _trend_lifecycle(spec: Trend) -> Lifecycle:
             edge("steady", "rising", ratio(at_least=up)),
             edge("steady", "falling", ratio(below=down)),
             edge("rising", "falling", ratio(below=down)),
-            edge("rising", "steady", ratio(below=up)),
+            edge("rising", "steady", ratio(below=leave_up)),
             edge("falling", "rising", ratio(at_least=up)),
-            edge("falling", "steady", ratio(at_least=down)),
+            edge("falling", "steady", ratio(at_least=leave_down)),
         ),
     )
 
@@ -610,17 +611,33 @@ def _kinds(cond: Cond) -> set[int]:
     return {cond.kind}
 
 
+def _marker_set(cond: Cond) -> bool:
+    """Whether ``cond`` tests that a marker is set."""
+    if cond.kind in (ALL, ANY):
+        return any(_marker_set(c) for c in cond.children)
+    return cond.kind == MARKER and cond.wanted
+
+
 def _event_reason(cond: Cond) -> str:
     kinds = _kinds(cond)
     if EVENT in kinds:
         return "event"
-    if MARKER in kinds:
+    if _marker_set(cond) and LEVEL not in kinds:
         return "customer_event"
     return "threshold"
 
 
+def _falls(cond: Cond) -> bool:
+    """Whether ``cond`` has a ``below`` level (one that time alone can make true)."""
+    if cond.kind in (ALL, ANY):
+        return any(_falls(c) for c in cond.children)
+    return cond.kind == LEVEL and not cond.at_least
+
+
 def _time_reason(cond: Cond) -> str:
-    return "time_in_stage" if _kinds(cond) & {IN_STAGE, SINCE} else "decay"
+    if _kinds(cond) & {IN_STAGE, SINCE}:
+        return "time_in_stage"
+    return "decay" if _falls(cond) else "threshold"
 
 
 def _check_reachable(

@@ -39,6 +39,7 @@ from engagement_index.core.compiled import (
 from engagement_index.core.decay import (
     component_scores,
     crossing_delay_ms,
+    index_after,
     index_of,
     late_contribution,
     max_delay_for,
@@ -59,6 +60,9 @@ from engagement_index.errors import EventRejected
 
 _INF = 1 << 62
 Intervals = list[tuple[int, int]]
+#: Margin under which :func:`possibly_due_by` asks for the exact due time. Float rounding in
+#: an index is around 1e-13; a margin far above it makes the shortcut exact.
+DUE_CHECK_MARGIN = 1e-7
 
 
 def transition_id(parts: Sequence[str | int | None]) -> str:
@@ -219,6 +223,39 @@ class _Work:
             return trend_crossing_ms(self.trend, self.cm.trend, level, max_delay)
         weights = self.cm.weights[source]
         return crossing_delay_ms(self.values, weights, self.cm, level, max_delay)
+
+    def may_hold_by(self, cond: Cond, lc: int, d: int) -> bool:
+        """False if ``cond`` surely holds at no offset in ``(0, d]`` (no event in between).
+
+        A cheap over-approximation of :meth:`truth`: an index, score or ratio only falls, so
+        ``below`` can only hold by ``d`` if it holds at ``d`` (checked with a margin far above
+        float rounding), ``at_least`` only if it holds now.
+        """
+        kind = cond.kind
+        if kind == LEVEL:
+            if cond.at_least:
+                return self.level(cond.source) >= cond.level
+            source = cond.source
+            if source == CONTACT:
+                source = self.weights_of(CONTACT, self.stages)
+            if source == TREND:
+                assert self.cm.trend is not None
+                value = trend_ratio(self.trend, d, self.cm.trend)
+            else:
+                value = index_after(self.values, d, self.cm.weights[source], self.cm)
+            return value < cond.level + DUE_CHECK_MARGIN
+        if kind == MARKER:
+            return bool(self.markers & cond.bit) == cond.wanted
+        if kind == ALL:
+            return all(self.may_hold_by(c, lc, d) for c in cond.children)
+        if kind == ANY:
+            return any(self.may_hold_by(c, lc, d) for c in cond.children)
+        if kind == EVENT:
+            return False
+        if kind == IN_STAGE:
+            return self.entered[lc] + cond.ms - self.clock <= d
+        at = self.marker_ms[cond.marker]
+        return bool(self.markers & cond.bit) and at is not None and at + cond.ms - self.clock <= d
 
     def solve_due(self) -> None:
         """The next time-driven change after the clock (None: there is none)."""
@@ -494,9 +531,13 @@ def _new_state(fields: EventFields, cm: CompiledModel) -> ContactState:
 
 
 def step(
-    state: ContactState | None, event: EventFields, model: CompiledModel
+    state: ContactState | None, event: EventFields, model: CompiledModel, *, solve_due: bool = True
 ) -> tuple[ContactState, list[Transition]]:
     """Fold one event into a contact's state; returns the new state and its transitions.
+
+    With ``solve_due=False`` the new state's ``due_ms`` is left None: the caller must use
+    :func:`possibly_due_by` and :func:`with_due` before the contact's next event or wake-up
+    (the replay does, to solve due times only when they matter).
 
     Duplicates are the caller's to drop first (:func:`engagement_index.core.dedupe.admit`).
     A state computed under another model is migrated first (:func:`migrate`). An unknown
@@ -527,8 +568,37 @@ def step(
     work.begin_instant()
     work.fold(rule, ts)
     work.run_instant(_Instant(event.type, event.event_id, first_event, None))
-    work.solve_due()
+    if solve_due:
+        work.solve_due()
+    else:
+        work.due = None
     return work.state(), work.transitions
+
+
+def possibly_due_by(state: ContactState, at_ms: int, model: CompiledModel) -> bool:
+    """False if ``state`` (of ``model``) surely has no time-driven change in ``(clock, at_ms]``.
+
+    Cheap (one index evaluation per atom instead of solving crossing times); exact in the
+    sense that a False is always right.
+    """
+    if at_ms <= state.clock_ms:
+        return False
+    work = _Work(state, model)
+    d = at_ms - state.clock_ms
+    for lc in model.lifecycles:
+        for edge in lc.stages[work.stages[lc.position]].edges:
+            if work.may_hold_by(edge.cond, lc.position, d):
+                return True
+    return False
+
+
+def with_due(state: ContactState, model: CompiledModel) -> ContactState:
+    """``state`` (of ``model``) with its due time solved, as :func:`step` leaves it."""
+    work = _Work(state, model)
+    work.solve_due()
+    if work.due == state.due_ms:
+        return state
+    return work.state()
 
 
 def _lifecycle_position(model: CompiledModel, transition: Transition) -> int:

@@ -283,6 +283,13 @@ class Trend(_Strict):
     fast: HalfLife
     slow: HalfLife
     margin: float = Field(gt=0, lt=1, allow_inf_nan=False)
+    hysteresis: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Trend:
+        if self.hysteresis >= self.margin:
+            raise ValueError("hysteresis: must be smaller than margin")
+        return self
 
 
 class Lifecycle(_Strict):
