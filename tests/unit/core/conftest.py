@@ -1,4 +1,9 @@
-"""Fixtures of the core unit tests: a small model with round numbers, and an event factory."""
+"""Fixtures of the core unit tests: a small model with round numbers, and an event factory.
+
+The small model is written twice, as a format 1 file (``halves``) and as the format 2
+lifecycle the loader turns it into (docs/models.md#the-default-model); ``tmodel`` runs each
+test on both.
+"""
 
 from __future__ import annotations
 
@@ -51,13 +56,79 @@ TEST_MODEL: dict[str, Any] = {
     },
 }
 
+# The same model in format 2.
+TEST_MODEL_2: dict[str, Any] = {
+    "format": 2,
+    "version": "test-1",
+    "components": TEST_MODEL["components"],
+    "markers": ["customer"],
+    "events": {
+        event_type: (
+            {"component": rule["component"], "points": rule["points"], "sets": ["customer"]}
+            if rule.get("marks_customer")
+            else rule
+        )
+        for event_type, rule in TEST_MODEL["events"].items()
+    },
+    "indices": {"pre_purchase": {"a": 1.0}, "post_purchase": {"a": 0.5, "b": 0.5}},
+    "lifecycles": {
+        "stage": {
+            "stages": {
+                "nurture": {"index": "pre_purchase"},
+                "purchase": {"index": "pre_purchase"},
+                "retention": {"index": "post_purchase"},
+                "exit": {"index": "post_purchase"},
+            },
+            "initial": [
+                {"stage": "purchase", "when": {"index": "pre_purchase", "at_least": 50}},
+                {"stage": "nurture"},
+            ],
+            "edges": [
+                {
+                    "id": "purchased",
+                    "from": ["nurture", "purchase"],
+                    "to": "retention",
+                    "when": {"marker": "customer"},
+                },
+                {
+                    "id": "engaged",
+                    "from": "nurture",
+                    "to": "purchase",
+                    "when": {"index": "pre_purchase", "at_least": 50},
+                },
+                {
+                    "id": "cooled",
+                    "from": "purchase",
+                    "to": "nurture",
+                    "when": {"index": "pre_purchase", "below": 40},
+                },
+                {
+                    "id": "returned",
+                    "from": "exit",
+                    "to": "retention",
+                    "when": {"index": "post_purchase", "at_least": 30},
+                },
+                {
+                    "id": "lapsed",
+                    "from": "retention",
+                    "to": "exit",
+                    "when": {"index": "post_purchase", "below": 20},
+                },
+            ],
+        }
+    },
+    "legacy": {"stages": ["nurture", "purchase", "exit", "retention"], "marker": "customer"},
+}
+
 EventFactory = Callable[..., CanonicalEvent]
 
 
-@pytest.fixture
-def tmodel() -> ScoringModel:
-    """The small test model."""
-    return parse_model(TEST_MODEL)
+@pytest.fixture(params=[1, 2], ids=["format1", "format2"])
+def tmodel(request: pytest.FixtureRequest) -> ScoringModel:
+    """The small test model, in format 1 and in format 2."""
+    model = parse_model(TEST_MODEL if request.param == 1 else TEST_MODEL_2)
+    assert model.format == request.param
+    return model
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from engagement_index.core.decay import index_after
-from engagement_index.core.events import CanonicalEvent
-from engagement_index.core.lifecycle import advance, evaluate, next_due_ms, step
+from engagement_index.core.events import CanonicalEvent, event_fields
+from engagement_index.core.lifecycle import advance, evaluate, stage_names, step
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.records import Transition
 from engagement_index.core.state import ContactState
@@ -35,7 +35,7 @@ def _run(
     state: ContactState | None = None
     out: list[Transition] = []
     for type_, at in events:
-        state, transitions = step(state, ev(type_, at), model)
+        state, transitions = step(state, event_fields(ev(type_, at)), model.compiled)
         out.extend(transitions)
     assert state is not None
     return state, out
@@ -62,13 +62,13 @@ def test_first_seen_upper_and_lower(tmodel: ScoringModel, ev: EventFactory) -> N
 
 def test_decay_by_exactly_one_half_life(tmodel: ScoringModel, ev: EventFactory) -> None:
     state, _ = _run(tmodel, [("a.small", T0)], ev)  # D = 5, nurture (no pending decay)
-    later = evaluate(state, T0 + DAY, tmodel)
+    later = evaluate(state, T0 + DAY, tmodel.compiled)
     assert later.components["a"] == pytest.approx(100 * 2.5 / 12.5, rel=1e-12)  # D = 2.5
     assert later.index == pytest.approx(20.0, rel=1e-12)
     assert later.evaluated_at == "2026-11-02T10:00:00.000Z"
     # the b component (half-life 2 days) halves in two days
     state, _ = _run(tmodel, [("b.hit", T0)], ev)
-    assert evaluate(state, T0 + 2 * DAY, tmodel).components["b"] == pytest.approx(
+    assert evaluate(state, T0 + 2 * DAY, tmodel.compiled).components["b"] == pytest.approx(
         100 * 5 / 15, rel=1e-12
     )
 
@@ -77,7 +77,7 @@ def test_saturation(tmodel: ScoringModel, ev: EventFactory) -> None:
     expected = {1: 50.0, 3: 75.0, 9: 90.0, 99: 99.0}  # 100 n / (n + 1) for D = 10 n
     for n, score in expected.items():
         state, _ = _run(tmodel, [("a.hit", T0)] * n, ev)
-        snap = evaluate(state, T0, tmodel)
+        snap = evaluate(state, T0, tmodel.compiled)
         assert snap.components["a"] == pytest.approx(score, rel=1e-12)
         assert snap.index < 100.0
 
@@ -91,7 +91,7 @@ def test_negative_points_clamped(tmodel: ScoringModel, ev: EventFactory) -> None
     assert out[1].previous_index == 50.0
     assert out[1].components["a"] == 0.0
     # a negative sum decays towards 0 from below: the score stays 0
-    assert evaluate(state, T0 + 10 * DAY, tmodel).index == 0.0
+    assert evaluate(state, T0 + 10 * DAY, tmodel.compiled).index == 0.0
     # it takes points to climb out of the hole: +10 -> about 0, +10 more -> about 10 -> 50
     state, out = _run(tmodel, [("a.hit", T0), ("a.neg", T0), ("a.hit", T0), ("a.hit", T0)], ev)
     assert state.values[0] == 10.0
@@ -110,7 +110,7 @@ def test_threshold_hysteresis_both_ways(tmodel: ScoringModel, ev: EventFactory) 
         # D = 8 -> 44.4 stays in nurture (< 50); D = 10 -> 50 enters
         ("threshold", "nurture", "purchase", 50.0, pytest.approx(800 / 18)),
     ]
-    assert state.stage_name(tmodel) == "purchase"
+    assert stage_names(state, tmodel.compiled) == {"stage": "purchase"}
 
 
 def test_customer_event(tmodel: ScoringModel, ev: EventFactory) -> None:
@@ -123,11 +123,16 @@ def test_customer_event(tmodel: ScoringModel, ev: EventFactory) -> None:
     assert out[1].index == 50.0
     assert out[1].previous_index == 50.0
     assert out[1].cause_event_id == "e1"
-    assert state.customer
-    assert state.half_name(tmodel) == "post_purchase"
-    snap = evaluate(state, T0 + 1, tmodel)
+    cm = tmodel.compiled
+    assert cm.markers == ("customer",)
+    assert state.markers == 1, "the customer marker is set"
+    assert state.marker_ms == (T0 + 1,), "the time of the last event that set it"
+    assert stage_names(state, cm) == {"stage": "retention"}
+    snap = evaluate(state, T0 + 1, cm)
     assert snap.customer is True
+    assert snap.half == "post_purchase"
     assert snap.stage == "retention"
+    assert snap.markers == {"customer": "2026-11-01T10:00:00.001Z"}
 
 
 def test_customer_event_then_threshold_same_instant(tmodel: ScoringModel, ev: EventFactory) -> None:
@@ -147,16 +152,17 @@ def test_customer_event_then_threshold_same_instant(tmodel: ScoringModel, ev: Ev
 
 def test_decay_crossing_time_to_one_ms(tmodel: ScoringModel, ev: EventFactory) -> None:
     state, _ = _run(tmodel, [("a.hit", T0)], ev)
-    tau = next_due_ms(state, tmodel)
+    tau = state.due_ms
     assert tau == T0 + CROSSING_MS
     cm = tmodel.compiled
-    assert index_after(state.values, CROSSING_MS, cm.halves[0], cm) < 40.0
-    assert index_after(state.values, CROSSING_MS - 1, cm.halves[0], cm) >= 40.0
+    assert cm.index_names[0] == "pre_purchase"
+    assert index_after(state.values, CROSSING_MS, cm.weights[0], cm) < 40.0
+    assert index_after(state.values, CROSSING_MS - 1, cm.weights[0], cm) >= 40.0
     # not due yet one ms before
-    same, none = advance(state, tau - 1, tmodel)
+    same, none = advance(state, tau - 1, tmodel.compiled)
     assert same is state
     assert none == []
-    new, (decay,) = advance(state, tau + 5 * DAY, tmodel)
+    new, (decay,) = advance(state, tau + 5 * DAY, tmodel.compiled)
     assert decay.reason == "decay"
     assert (decay.from_stage, decay.to_stage) == ("purchase", "nurture")
     assert decay.occurred_at == ms_to_rfc3339(T0 + CROSSING_MS) == "2026-11-02T00:02:20.761Z"
@@ -165,7 +171,7 @@ def test_decay_crossing_time_to_one_ms(tmodel: ScoringModel, ev: EventFactory) -
     assert decay.index < 40.0
     assert decay.previous_index == 50.0
     assert new.clock_ms == tau  # the state rebases to tau
-    assert next_due_ms(new, tmodel) is None
+    assert new.due_ms is None
 
 
 def test_catch_up_before_a_later_event(tmodel: ScoringModel, ev: EventFactory) -> None:
@@ -197,7 +203,7 @@ def test_late_event(tmodel: ScoringModel, ev: EventFactory) -> None:
         ("first_seen", "nurture", pytest.approx(100 * 5 / 15), "2026-11-02T10:00:00.000Z"),
         ("threshold", "purchase", 50.0, "2026-11-02T10:00:00.000Z"),
     ]
-    snap = evaluate(state, T0, tmodel)  # earlier than the clock: evaluated at the clock
+    snap = evaluate(state, T0, tmodel.compiled)  # earlier than the clock: evaluated at the clock
     assert snap.evaluated_at == "2026-11-02T10:00:00.000Z"
     assert snap.first_seen_at == "2026-11-01T10:00:00.000Z"
     assert snap.last_event_at == "2026-11-02T10:00:00.000Z"
@@ -209,8 +215,8 @@ def test_late_event_after_a_decay_is_evaluated_at_tau(
 ) -> None:
     state, _ = _run(tmodel, [("a.hit", T0)], ev)
     tau = T0 + CROSSING_MS
-    state, _ = advance(state, tau, tmodel)
-    state, out = step(state, ev("a.small", T0 + 1000), tmodel)
+    state, _ = advance(state, tau, tmodel.compiled)
+    state, out = step(state, event_fields(ev("a.small", T0 + 1000)), tmodel.compiled)
     assert state.clock_ms == tau
     expected = 10 * 2 ** (-CROSSING_MS / DAY) + 5 * 2 ** (-(CROSSING_MS - 1000) / DAY)
     assert state.values[0] == pytest.approx(expected, rel=1e-12)
@@ -248,11 +254,11 @@ def test_activity_days(tmodel: ScoringModel, ev: EventFactory) -> None:
     events = [("a.hit", T0 - d * DAY) for d in (0, 1, 1, 5, 20, 60, 89, 90, 200)]
     events.append(("a.dip", T0 - 2 * DAY))  # negative points: not activity
     state, _ = _run(tmodel, events, ev)
-    snap = evaluate(state, T0, tmodel)
+    snap = evaluate(state, T0, tmodel.compiled)
     assert (snap.active_days_7d, snap.active_days_30d, snap.active_days_90d) == (3, 4, 6)
-    later = evaluate(state, T0 + 3 * DAY, tmodel)
+    later = evaluate(state, T0 + 3 * DAY, tmodel.compiled)
     assert (later.active_days_7d, later.active_days_30d, later.active_days_90d) == (2, 4, 5)
-    assert evaluate(state, T0 + 400 * DAY, tmodel).active_days_90d == 0
+    assert evaluate(state, T0 + 400 * DAY, tmodel.compiled).active_days_90d == 0
 
 
 def test_step_rejects_unknown_type_and_foreign_contact(
@@ -261,8 +267,8 @@ def test_step_rejects_unknown_type_and_foreign_contact(
     from engagement_index.errors import EventRejected
 
     with pytest.raises(EventRejected) as info:
-        step(None, ev("web.page_view", T0), tmodel)
+        step(None, event_fields(ev("web.page_view", T0)), tmodel.compiled)
     assert info.value.failure == "unknown_type"
-    state, _ = step(None, ev("a.hit", T0), tmodel)
+    state, _ = step(None, event_fields(ev("a.hit", T0)), tmodel.compiled)
     with pytest.raises(ValueError, match="another contact"):
-        step(state, ev("a.hit", T0, contact="other"), tmodel)
+        step(state, event_fields(ev("a.hit", T0, contact="other")), tmodel.compiled)

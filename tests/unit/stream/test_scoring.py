@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from engagement_index.core.dedupe import EMPTY as EMPTY_SEEN
 from engagement_index.core.dedupe import admit
 from engagement_index.core.events import ContactKey
+from engagement_index.core.lifecycle import stage_names
 from engagement_index.core.model import load_model
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.state import decode_state
@@ -23,7 +24,6 @@ from engagement_index.stream.scoring import (
     InboundRecord,
     decode_tick,
     encode_tick,
-    stage_of,
 )
 from engagement_index.stream.stored import StoredContact, StoredStateError, source_id
 from engagement_index.topology import load_topology
@@ -250,19 +250,20 @@ def test_a_tick_emits_the_decay_transition_at_its_due_time(scorer: BatchScorer) 
     ]
     assert [d["reason"] for d in decays] == ["decay"]
     assert decays[0]["from_stage"] == "purchase"
+    assert (decays[0]["lifecycle"], decays[0]["rule_id"]) == ("stage", "cooled")
     assert tick.due_updates[KEY] == (0, None)
     assert decode_tick(encode_tick(due)) == due
 
 
-def test_stage_of_names_the_half_stage(scorer: BatchScorer) -> None:
+def test_the_stored_state_names_the_stage(scorer: BatchScorer) -> None:
     tables = Tables()
     out = run(scorer, tables, [rec(0, event(0, 36_000, etype="commerce.purchase"))])
-    del out
-
+    assert isinstance(out, BatchOutcome)
+    assert out.stage_moves == [("stage", None, "nurture"), ("stage", "nurture", "retention")]
     state = decode_state(
         StoredContact.decode(tables.contacts[KEY]).state_bytes, ContactKey("acme", "c-1")
     )
-    assert stage_of(state, scorer.model.compiled) == "retention"
+    assert stage_names(state, scorer.model.compiled) == {"stage": "retention"}
 
 
 def test_stored_contact_round_trip_and_errors() -> None:
@@ -341,7 +342,7 @@ def test_an_erasure_deletes_state_and_history_and_confirms(scorer: BatchScorer) 
     assert other in tables.contacts, "other contacts are untouched"
     assert out.contact_writes[KEY] == (0, None)
     assert out.due_updates[KEY] == (canonical_partition(KEY, PARTITIONS), None)
-    assert out.stage_moves == [(stage, None)]
+    assert out.stage_moves == [("stage", stage, None)]
     by_topic = {s.topic: s for s in out.sends}
     assert by_topic["engagement.scores"].key == KEY
     assert by_topic["engagement.scores"].value is None, "a compaction tombstone"
