@@ -386,3 +386,104 @@ def late_events_after_timer_decays(
     }
     assert not problems, list(problems.items())[:3]
     assert assert_api_equals_reference(worker, ref, chosen) == len(chosen)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+#: the shipped models that have no test of their own here (default: the test above); the
+#: journey model runs with its demo timings so its time-driven edges fire within the test
+SHIPPED = ("demo-journey", "b2b-qualification")
+
+
+def model_traffic(
+    rng: random.Random, model_text: str, now_ms: int, contacts: int
+) -> list[tuple[str, bytes, bytes, str]]:
+    """(channel, key, value, contact_id) of random events of every type the model scores.
+
+    Timestamps in the last minute, some late, some duplicates; each contact on one topic.
+    """
+    import yaml
+
+    types = sorted(yaml.safe_load(model_text)["events"])
+    per_contact = []
+    for i in range(contacts):
+        cid = f"m-{i:04d}"
+        tenant = "acme" if i % 4 else "globex"
+        channel = rng.choice(CHANNELS)
+        key = ContactKey(tenant, cid).encode()
+        stamps = sorted(now_ms - rng.randint(1_000, 60_000) for _ in range(rng.randint(3, 25)))
+        if len(stamps) > 3 and rng.random() < 0.3:
+            j = rng.randrange(1, len(stamps))
+            stamps[j - 1], stamps[j] = stamps[j], stamps[j - 1]
+        records = []
+        for n, ts in enumerate(stamps):
+            value = json.dumps(
+                {
+                    "event_id": f"{cid}-{n}",
+                    "tenant": tenant,
+                    "contact_id": cid,
+                    "type": rng.choice(types),
+                    "timestamp": iso(ts),
+                }
+            ).encode()
+            records.append((channel, key, value, cid))
+        if rng.random() < 0.1:
+            records.insert(rng.randrange(1, len(records) + 1), rng.choice(records))
+        per_contact.append(records)
+    out: list[tuple[str, bytes, bytes, str]] = []
+    while per_contact:
+        pick = rng.randrange(len(per_contact))
+        out.append(per_contact[pick].pop(0))
+        if not per_contact[pick]:
+            per_contact.pop(pick)
+    return out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_worker_equals_replay_for_each_shipped_model(
+    stream_env: Callable[..., Any], name: str
+) -> None:
+    """Every transition up to a horizon, byte for byte, as the replay gives them."""
+    text = (REPO / "config" / "models" / f"{name}.yaml").read_text()
+    env = stream_env(text)
+    rng = random.Random(sum(map(ord, name)))
+    publish_ms = int(time.time() * 1000)
+    traffic = model_traffic(rng, text, publish_ms, contacts=200)
+    publish(env, traffic)  # all of it before the worker starts: the same decay points
+    worker = env.worker()
+    worker.start()
+    horizon = publish_ms + 30_000
+    result = replay([value for _, _, value, _ in traffic], env.model, until_ms=horizon)
+    expected = [t.to_json_bytes() for t in result.transitions]
+    lifecycles = {t.lifecycle for t in result.transitions}
+    reasons = {t.reason for t in result.transitions}
+    assert len(lifecycles) >= 2, lifecycles
+    assert {"first_seen", "event", "threshold"} <= reasons, reasons
+    while int(time.time() * 1000) < horizon + 3_000:
+        time.sleep(1)
+    wanted = {json.loads(t)["transition_id"] for t in expected}
+    deadline = time.monotonic() + 60
+    while True:
+        streamed = [r.value for r in env.consume_all(env.topic("stage_changes"), idle_s=1.5)]
+        within = [
+            v for v in streamed if parse_timestamp_ms(json.loads(v)["occurred_at"]) <= horizon
+        ]
+        if wanted <= {json.loads(v)["transition_id"] for v in within}:
+            break
+        assert time.monotonic() < deadline, "the worker's transitions up to the horizon"
+        time.sleep(2)
+
+    def per_contact(values: list[bytes]) -> dict[tuple[str, str], list[bytes]]:
+        out: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        seen: set[str] = set()
+        for v in values:
+            t = json.loads(v)
+            if t["transition_id"] not in seen:
+                seen.add(t["transition_id"])
+                out[(t["tenant"], t["contact_id"])].append(v)
+        return out
+
+    got, want = per_contact(within), per_contact(expected)
+    assert set(got) == set(want)
+    differing = [c for c in want if got[c] != want[c]]
+    assert not differing, (differing[:2], got[differing[0]][:3], want[differing[0]][:3])
+    assert worker.stop() == 0
