@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.reference.engagement import RefSnapshot, RefTransition, parse_time
+from tests.reference.lifecycles import LifecycleTransition
 
 FLOAT_TOLERANCE = 1e-9
 TAU_TOLERANCE_MS = 1
@@ -57,6 +58,47 @@ def transition_mismatches(
             "to_stage",
             "half",
             "reason",
+            "cause_event_id",
+            "model_version",
+        ):
+            if g[name] != getattr(w, name):
+                out.append(f"{where}: {name} {g[name]!r} != {getattr(w, name)!r}")
+        occurred = parse_time(g["occurred_at"])
+        if abs(occurred - w.occurred_at_ms) > TAU_TOLERANCE_MS:
+            out.append(f"{where}: occurred_at {occurred} != {w.occurred_at_ms} ms")
+        for name in ("index", "previous_index"):
+            if not close(g[name], getattr(w, name), tolerance):
+                out.append(f"{where}: {name} {g[name]!r} != {getattr(w, name)!r}")
+        out.extend(_components(where, g["components"], w.components, tolerance))
+    return out
+
+
+def lifecycle_transition_mismatches(
+    got: Sequence[Mapping[str, Any]],
+    want: Sequence[LifecycleTransition],
+    *,
+    tolerance: float = FLOAT_TOLERANCE,
+) -> list[str]:
+    """Differences between one contact's transitions (in order, every lifecycle) and those of
+    the lifecycle reference (``tests.reference.lifecycles``)."""
+    if len(got) != len(want):
+        return [
+            f"{len(got)} transitions != reference {len(want)}: "
+            f"{[(g['lifecycle'], g['reason'], g['to_stage'], g['occurred_at']) for g in got]} != "
+            f"{[(w.lifecycle, w.reason, w.to_stage, w.occurred_at_ms) for w in want]}"
+        ]
+    out: list[str] = []
+    for n, (g, w) in enumerate(zip(got, want, strict=True)):
+        where = f"transition {n} ({w.lifecycle}: {w.reason} {w.from_stage}->{w.to_stage})"
+        for name in (
+            "tenant",
+            "contact_id",
+            "lifecycle",
+            "from_stage",
+            "to_stage",
+            "half",
+            "reason",
+            "rule_id",
             "cause_event_id",
             "model_version",
         ):

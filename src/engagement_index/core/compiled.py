@@ -39,8 +39,6 @@ LEVEL, EVENT, MARKER, IN_STAGE, SINCE, ALL, ANY = range(7)
 # sources of a LEVEL condition besides a weighting (>= 0)
 CONTACT = -1
 TREND = -2
-#: Stage ids 0-3 stand for the four stages of a state written before format 2.
-LEGACY_STAGE_IDS = (0, 1, 2, 3)
 _MAX_DNF = 512
 _MAX_CYCLES = 20_000
 
@@ -71,7 +69,8 @@ def name_id(name: str) -> int:
 
 
 def stage_id(lifecycle: str, stage: str) -> int:
-    """The 32-bit id of a stage in a stored state (never one of :data:`LEGACY_STAGE_IDS`)."""
+    """The 32-bit id of a stage in a stored state (never 0-3: the four stages of a state
+    written before format 2, ``engagement_index.core.state``)."""
     value = name_id(f"{lifecycle}\x1f{stage}")
     return value if value > 3 else value + 4
 

@@ -97,17 +97,6 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Level = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Weight = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
-#: Reasons a transition can carry (``engagement_index.core.records.TransitionReason``).
-REASONS = (
-    "first_seen",
-    "customer_event",
-    "event",
-    "threshold",
-    "decay",
-    "time_in_stage",
-    "trend",
-    "model_change",
-)
 EdgeReason = Literal["customer_event", "event", "threshold"]
 #: The index of a stage in the first lifecycle, usable as an index name elsewhere.
 CONTACT_INDEX = "contact"
