@@ -61,9 +61,8 @@ def test_replayed_event_ids_leave_scores_unchanged(stream_env: Callable[..., Any
     differing = [
         key
         for key, state in without.states.items()
-        if evaluate(state, at, env.model.compiled) != evaluate(
-            with_topics.states[key], at, env.model.compiled
-        )
+        if evaluate(state, at, env.model.compiled)
+        != evaluate(with_topics.states[key], at, env.model.compiled)
     ]
     figures.update(
         duplicates_sent=plan.duplicates,
