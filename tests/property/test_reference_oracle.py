@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from engagement_index.core.dedupe import DEFAULT_WINDOW_MS as WINDOW
 from engagement_index.core.dedupe import EMPTY, SeenIds, admit
-from engagement_index.core.events import parse_event
+from engagement_index.core.events import EventFields, parse_event
 from engagement_index.core.lifecycle import advance, evaluate, step
 from engagement_index.core.model import ScoringModel, load_model
 from engagement_index.core.state import ContactState
@@ -191,17 +191,21 @@ def test_core_step_advance_evaluate_equal_the_reference(
                 transitions: list[Any] = []
             else:
                 seen[contact] = window
-                new, transitions = step(state, parsed, models.core)
+                fields = EventFields(
+                    parsed.event_id, parsed.tenant, parsed.contact_id, parsed.type,
+                    parsed.timestamp_ms,
+                )  # fmt: skip
+                new, transitions = step(state, fields, models.core.compiled)
                 states[contact] = new
             want = reference.feed(raw)
         elif contact not in states:
             continue
         elif what == "wake":  # the worker's timer
-            states[contact], transitions = advance(states[contact], at, models.core)
+            states[contact], transitions = advance(states[contact], at, models.core.compiled)
             want = reference.advance(contact, at)
         else:  # "look": a pure snapshot, as the API answers
             if contact not in reference.ambiguous:
-                got = evaluate(states[contact], at, models.core).model_dump(mode="json")
+                got = evaluate(states[contact], at, models.core.compiled).model_dump(mode="json")
                 _check(snapshot_mismatches(got, reference.snapshot(contact, at)), (what, at))
             continue
         for w in want:
@@ -220,7 +224,7 @@ def test_core_step_advance_evaluate_equal_the_reference(
         for contact, state in states.items():
             if contact in reference.ambiguous:
                 continue
-            got = evaluate(state, end, models.core).model_dump(mode="json")
+            got = evaluate(state, end, models.core.compiled).model_dump(mode="json")
             _check(snapshot_mismatches(got, reference.snapshot(contact, end)), ("end", contact))
 
 

@@ -18,8 +18,8 @@ arrival order, its transitions), ``ref.advance(key, until_ms)`` (a wake-up),
 canonical envelope (``event_id``, ``tenant`` (default ``"default"``), ``contact_id``, ``type``,
 ``timestamp`` RFC 3339) or their JSON text. Duplicates are not recognised here (every event
 fed is applied); ``tests.reference.engagement`` models them for the two-halves model.
-``finish`` and ``advance`` give one wake-up per contact (which matters for ``previous_index``,
-see :meth:`LifecycleReference._chains`).
+``finish`` and ``advance`` give one wake-up per contact (``previous_index`` depends on the
+instants only, see :meth:`LifecycleReference._chains`).
 
 Not modelled: model changes (``model_change``, the ``legacy`` mapping of old states: the key is
 read and kept), activity days, and the loader's reachability, same-instant cycle and
@@ -1120,10 +1120,11 @@ class LifecycleReference:
         then its instant chain (docs/models.md "On an event" (3)).
 
         ``previous_index`` (docs/scoring.md#lifecycle): the index of the preceding transition
-        of the same lifecycle in the same event or wake-up (``reported``, kept by the caller
-        for the whole call, the time-driven changes before an event included), else the
-        from-stage's index of the state before the instant, at its clock (``before``).
+        of the same lifecycle at the same instant (a same-instant chain), else the from-stage's
+        index of the state just before the instant, at its clock (``before``). ``reported`` is
+        the caller's, but only this instant's transitions count: it is emptied first.
         """
+        reported.clear()
         out = []
         # the stages are read live: a later lifecycle sees the earlier ones after their chains
         view = self._view(contact, contact.clock, event_type)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engagement_index.core.dedupe import DEFAULT_WINDOW_MS, EMPTY, SeenIds, admit
-from engagement_index.core.events import parse_event
+from engagement_index.core.events import EventFields, parse_event
 from engagement_index.core.lifecycle import advance, evaluate, step
 from engagement_index.core.model import load_model
 from engagement_index.core.state import ContactState
@@ -22,6 +22,15 @@ from tests.reference.compare import close, snapshot_mismatches, transition_misma
 
 MODEL_FILE = Path(__file__).resolve().parents[2] / "config" / "models" / "default.yaml"
 CORE = load_model(MODEL_FILE)
+
+
+def fields_of(event: Any) -> EventFields:
+    """The scoring fields of a parsed event."""
+    return EventFields(
+        event.event_id, event.tenant, event.contact_id, event.type, event.timestamp_ms
+    )
+
+
 REF = ref.load_model(MODEL_FILE)
 T0 = 1_793_527_200_000  # 2026-11-01T10:00:00.000Z
 DAY = 86_400_000
@@ -69,7 +78,7 @@ class Three:
         core_t: list[Any] = []
         if window is not None:
             self.seen = window
-            self.state, core_t = step(self.state, event, CORE)
+            self.state, core_t = step(self.state, fields_of(event), CORE.compiled)
         replay_t = self.replayer.feed(raw)
         want = self.reference.feed(raw)
         self._same(core_t, replay_t, want)
@@ -78,7 +87,7 @@ class Three:
     def wake(self, at_ms: int) -> list[ref.RefTransition]:
         """A timer wake-up at ``at_ms`` (the replay: ``finish(at_ms)``)."""
         assert self.state is not None
-        self.state, core_t = advance(self.state, at_ms, CORE)
+        self.state, core_t = advance(self.state, at_ms, CORE.compiled)
         replay_t = self.replayer.finish(at_ms)
         want = self.reference.advance(KEY, at_ms)
         self._same(core_t, replay_t, want)
@@ -88,7 +97,7 @@ class Three:
         assert self.state is not None
         want = self.reference.snapshot(KEY, at_ms)
         for got in (
-            evaluate(self.state, at_ms, CORE).model_dump(mode="json"),
+            evaluate(self.state, at_ms, CORE.compiled).model_dump(mode="json"),
             next(iter(self.replayer.snapshots(at_ms))).model_dump(mode="json"),
         ):
             assert snapshot_mismatches(got, want) == []

@@ -12,9 +12,10 @@ declared order, each following its first matching edge until none holds; between
 next time-driven change (``due_ms``) is solved exactly from the monotone atoms of the edges out
 of the current stages. The engine knows no stage or lifecycle names: they are model data.
 
-``previous_index`` of a transition is the index last reported before it in its lifecycle: the
-index of the preceding transition of the same lifecycle within the same call, else the index of
-its from-stage in the state as it was before the instant (0 for ``first_seen``).
+``previous_index`` of a transition is the index last reported before it in its lifecycle at the
+same instant (the preceding transition of a same-instant chain), else the index of its
+from-stage in the state as it was just before the instant, at its clock (0 for
+``first_seen``). It depends on the instants only, not on how many of them one call applies.
 """
 
 from __future__ import annotations
@@ -276,6 +277,7 @@ class _Work:
         """Remember the state before an instant (for ``previous_index``)."""
         self.prev_values = list(self.values)
         self.prev_stages = list(self.stages)
+        self.last_reported = [None] * len(self.cm.lifecycles)
 
     def rebase(self, delta: int) -> None:
         """Move every decayed sum ``delta`` (> 0) ms later and the clock with them."""
@@ -358,7 +360,8 @@ class _Work:
                         reason = edge.time_reason
                     else:
                         reason = edge.event_reason
-                    self.emit(lc, edge.to, _Change(reason, context.cause, edge.rule_id))
+                    rule_id = None if context.reason == "model_change" else edge.rule_id
+                    self.emit(lc, edge.to, _Change(reason, context.cause, rule_id))
                     break
             else:
                 return
@@ -561,8 +564,6 @@ def step(
             state, transitions = migrate(state, model)
         work = _Work(state, model)
         work.transitions = transitions
-        for transition in transitions:  # model_change: the index last reported
-            work.last_reported[_lifecycle_position(model, transition)] = transition.index
         while work.due is not None and ts >= work.due:
             work.fire_due()
     work.begin_instant()
@@ -601,13 +602,6 @@ def with_due(state: ContactState, model: CompiledModel) -> ContactState:
     return work.state()
 
 
-def _lifecycle_position(model: CompiledModel, transition: Transition) -> int:
-    for lc in model.lifecycles:
-        if lc.name == transition.lifecycle:
-            return lc.position
-    raise ValueError(f"unknown lifecycle {transition.lifecycle!r}")  # pragma: no cover
-
-
 def advance(
     state: ContactState, until_ms: int, model: CompiledModel
 ) -> tuple[ContactState, list[Transition]]:
@@ -624,8 +618,6 @@ def advance(
         return state, transitions
     work = _Work(state, model)
     work.transitions = transitions
-    for transition in transitions:
-        work.last_reported[_lifecycle_position(model, transition)] = transition.index
     while work.due is not None and work.due <= until_ms:
         work.fire_due()
     return work.state(), work.transitions

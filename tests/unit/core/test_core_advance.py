@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from engagement_index.core.compiled import CompiledModel
 from engagement_index.core.events import EventFields
 from engagement_index.core.lifecycle import advance, step
@@ -86,13 +84,6 @@ def test_the_journey_case_changes_three_times() -> None:
         assert a.model_dump(exclude={"previous_index"}) == b.model_dump(exclude={"previous_index"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="previous_index of a change in a lifecycle whose stage index is `contact` depends "
-    "on whether an earlier change of the first lifecycle came in the same advance/step call "
-    "(trend steady->falling at 10:10:07.636Z: 12.64997325199746 in one call, "
-    "11.733577679637428 one due time at a time)",
-)
 def test_a_lifecycle_on_the_contact_index_after_a_change_of_the_first() -> None:
     cm, state, until = _journey_case()
     _check(cm, state, until, 3)

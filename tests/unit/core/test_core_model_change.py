@@ -154,11 +154,6 @@ def test_a_raised_leave_level_moves_the_contact_down_at_its_next_event(fmt: str)
     assert after.events_counted == state.events_counted + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="migrate() gives a model_change out of a current stage the rule_id of the edge its "
-    "chain follows ('cooled'); docs/models.md and Transition.rule_id say null for model_change",
-)
 def test_a_model_change_names_no_rule(fmt: str) -> None:
     new = _variant(fmt, enter_upper_at=90, leave_upper_below=85)
     state = _stored(_in_purchase(_default(fmt)))
