@@ -469,7 +469,8 @@ def test_worker_equals_replay_for_each_shipped_model(
         ]
         if wanted <= {json.loads(v)["transition_id"] for v in within}:
             break
-        assert time.monotonic() < deadline, "the worker's transitions up to the horizon"
+        if time.monotonic() > deadline:  # compare what arrived: the assertions below say how
+            break
         time.sleep(2)
 
     def per_contact(values: list[bytes]) -> dict[tuple[str, str], list[bytes]]:
