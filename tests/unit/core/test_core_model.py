@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,9 @@ def test_half_life_invalid(value: object) -> None:
         parse_half_life(value)
 
 
-def _mutated(path: list[str | int], value: Any, base: dict[str, Any] | None = None) -> Any:
+def _mutated(path: Sequence[str | int], value: Any, base: dict[str, Any] | None = None) -> Any:
     data = copy.deepcopy(_default() if base is None else base)
-    target = data
+    target: Any = data
     for key in path[:-1]:
         target = target[key]
     if value is ...:
