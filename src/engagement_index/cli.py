@@ -18,6 +18,7 @@ from engagement_index.errors import EngagementIndexError
 # Modules are imported lazily so ``replay`` does not pay for importing Faust.
 SUBCOMMANDS: dict[str, str] = {
     "replay": "replay",
+    "report": "report",
     "schemas": "schemas",
     "topics": "topics",
     "worker": "worker",
