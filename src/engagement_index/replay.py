@@ -20,7 +20,7 @@ from engagement_index.core.lifecycle import advance, evaluate, possibly_due_by, 
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
-from engagement_index.core.timestamps import MIN_MS
+from engagement_index.core.timestamps import MIN_MS, MS_PER_DAY
 from engagement_index.errors import EventRejected
 
 
@@ -37,6 +37,21 @@ class Reject:
         return {"line": self.line, "failure": str(self.failure), "reason": self.reason}
 
 
+#: (tenant, contact_id), the point's midnight (days since 1970-01-01), the snapshot there
+OnPoint = Callable[[tuple[str, str], int, ContactSnapshot], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DailySeries:
+    """Which daily points a replay reports (``--daily-out``): every ``step`` days from
+    ``first`` (default: each contact's first midnight) to ``last`` (default: the horizon)."""
+
+    on_point: OnPoint
+    first: int | None = None
+    last: int | None = None
+    step: int = 1
+
+
 @dataclass
 class ReplayStats:
     """Counters of one replay."""
@@ -46,6 +61,7 @@ class ReplayStats:
     duplicates: int = 0
     rejected: int = 0
     transitions: int = 0
+    points: int = 0
 
 
 class Replayer:
@@ -63,6 +79,12 @@ class Replayer:
     (:func:`~engagement_index.core.lifecycle.possibly_due_by`), or at ``finish``. Solving is a
     pure function of the state, so the transitions are exactly those of solving after every
     event.
+
+    ``daily`` asks for each contact's series of points at UTC midnights (the score history of
+    docs/streaming.md): before an event moves a contact's clock past a midnight, its state is
+    evaluated there (the point at midnight ``t`` counts the events up to ``t``, included);
+    ``finish`` adds the points up to the horizon. Only the next midnight of each contact is
+    kept.
     """
 
     def __init__(
@@ -73,8 +95,12 @@ class Replayer:
         max_bytes: int | None = None,
         on_reject: Callable[[Reject], None] | None = None,
         dedupe_window_ms: int = DEFAULT_WINDOW_MS,
+        daily: DailySeries | None = None,
     ) -> None:
         self.model = model
+        self.daily = daily
+        #: per contact, the day of its next daily point (absent: none left in the range)
+        self._next_point: dict[tuple[str, str], int] = {}
         self.dedupe_window_ms = dedupe_window_ms
         #: per contact, the event ids applied within the dedupe window (``core.dedupe``)
         self.seen: dict[tuple[str, str], SeenIds] = {}
@@ -142,6 +168,8 @@ class Replayer:
         state = self.states.get(key)
         cm = self._cm
         unsolved = self._unsolved
+        if self.daily is not None:
+            state = self._points_before(key, state, ts)
         if state is not None and key in unsolved and possibly_due_by(state, ts, cm):
             state = with_due(state, cm)
             unsolved.discard(key)
@@ -154,6 +182,64 @@ class Replayer:
         if self.max_event_ms is None or ts > self.max_event_ms:
             self.max_event_ms = ts
         return transitions
+
+    def _points_before(
+        self, key: tuple[str, str], state: ContactState | None, ts: int
+    ) -> ContactState | None:
+        """Report the contact's daily points at the midnights before ``ts`` (its next event);
+        returns its state (with the due time solved if a point needed it)."""
+        daily = self.daily
+        assert daily is not None
+        if state is None:  # its first event: the first point is the midnight at or after it
+            first = (ts - 1) // MS_PER_DAY + 1
+            if daily.first is not None:  # on the grid of the range
+                behind = daily.first - first
+                first = daily.first if behind >= 0 else first + behind % daily.step
+            if daily.last is None or first <= daily.last:
+                self._next_point[key] = first
+            return state
+        day = self._next_point.get(key)
+        if day is None or day * MS_PER_DAY >= ts:
+            return state
+        last = (ts - 1) // MS_PER_DAY
+        if daily.last is not None:
+            last = min(last, daily.last)
+        return self._points(key, state, day, last)
+
+    def _points(
+        self, key: tuple[str, str], state: ContactState, day: int, last: int
+    ) -> ContactState:
+        """Report the points of ``state`` at ``day``, ``day + step``, ... up to ``last``."""
+        daily = self.daily
+        assert daily is not None
+        cm = self._cm
+        if key in self._unsolved and possibly_due_by(state, last * MS_PER_DAY, cm):
+            state = self.states[key] = with_due(state, cm)
+            self._unsolved.discard(key)
+        on_point = daily.on_point
+        step = daily.step
+        while day <= last:
+            on_point(key, day, evaluate(state, day * MS_PER_DAY, cm))
+            self.stats.points += 1
+            day += step
+        if daily.last is not None and day > daily.last:
+            self._next_point.pop(key, None)
+        else:
+            self._next_point[key] = day
+        return state
+
+    def finish_points(self, until_ms: int | None = None) -> None:
+        """Report every contact's daily points up to the horizon (before :meth:`finish`
+        advances the states past them; :meth:`finish` calls it)."""
+        horizon = until_ms if until_ms is not None else self.horizon()
+        if self.daily is None or horizon is None:
+            return
+        last = horizon // MS_PER_DAY
+        if self.daily.last is not None:
+            last = min(last, self.daily.last)
+        for key, day in list(self._next_point.items()):
+            if day <= last:
+                self._points(key, self.states[key], day, last)
 
     def feed_lines(self, lines: Iterable[bytes | str]) -> Iterator[Transition]:
         """Feed every line; yields transitions in emission order."""
@@ -174,6 +260,7 @@ class Replayer:
 
     def finish(self, until_ms: int | None = None) -> list[Transition]:
         """Emit the time-driven changes due by the horizon, ordered by time then contact."""
+        self.finish_points(until_ms)
         self._solve_all()
         horizon = until_ms if until_ms is not None else self.horizon()
         if horizon is None:

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     tick_retry_seconds: float = Field(default=5.0, gt=0)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     history_size: int = Field(default=10, ge=1, le=100)
+    history_days: int = Field(
+        default=400,
+        ge=1,
+        le=36_500,
+        description="score history (GET .../history): days of daily states kept per contact, "
+        "counted back from its latest state",
+    )
     dedupe_window_seconds: float = Field(
         default=72 * 3600.0,
         ge=0,

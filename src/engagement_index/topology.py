@@ -85,7 +85,7 @@ class Topology(_Frozen):
     inbound: dict[Literal["web", "email", "social", "commerce", "product"], TopicSpec]
     outbound: OutboundTopics
     internal: InternalTopics
-    tables: dict[Literal["contacts", "history"], TableSpec]
+    tables: dict[Literal["contacts", "history", "daily"], TableSpec]
 
     @field_validator("inbound")
     @classmethod

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib
 import json
 import os
 import sys
@@ -10,12 +12,14 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
+from engagement_index.core.compiled import CompiledModel
 from engagement_index.core.dedupe import DEFAULT_WINDOW_MS
 from engagement_index.core.model import DEFAULT_MODEL_PATH, load_model
-from engagement_index.core.timestamps import parse_timestamp_ms
-from engagement_index.replay import Reject, Replayer
+from engagement_index.core.records import ContactSnapshot
+from engagement_index.core.timestamps import MS_PER_DAY, ms_to_rfc3339, parse_timestamp_ms
+from engagement_index.replay import DailySeries, Reject, Replayer
 
 _PROGRESS_MIN_BYTES = 1 << 20
 
@@ -27,6 +31,23 @@ def _time_arg(text: str) -> int:
         return parse_timestamp_ms(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _day_arg(text: str) -> int:
+    """A date (YYYY-MM-DD) or an RFC 3339 time, rounded down to its UTC day -> day number."""
+    try:
+        if len(text) == 10:
+            text += "T00:00:00Z"
+        return parse_timestamp_ms(text) // MS_PER_DAY
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a date YYYY-MM-DD: {exc}") from None
+
+
+def _step_arg(text: str) -> int:
+    days = text[:-1] if text.endswith("d") else ""
+    if not days.isdigit() or not 1 <= int(days) <= 9999:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of days like 1d or 7d")
+    return int(days)
 
 
 def _non_negative(text: str) -> float:
@@ -64,6 +85,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--states-out", metavar="FILE", type=Path, help="write one JSON line per contact"
+    )
+    parser.add_argument(
+        "--daily-out",
+        metavar="FILE",
+        type=Path,
+        help="write every contact's score history here: one row per contact and UTC midnight "
+        "(tenant, contact_id, at, index, the stage of each lifecycle, each component score), "
+        "exactly as the worker's GET .../history; Parquet if FILE ends in .parquet (needs "
+        "pyarrow), else CSV",
+    )
+    parser.add_argument(
+        "--daily-from",
+        metavar="DATE",
+        type=_day_arg,
+        help="first midnight of --daily-out (default: each contact's first midnight)",
+    )
+    parser.add_argument(
+        "--daily-to",
+        metavar="DATE",
+        type=_day_arg,
+        help="last midnight of --daily-out (default: the horizon's)",
+    )
+    parser.add_argument(
+        "--daily-step",
+        metavar="DAYS",
+        type=_step_arg,
+        default=1,
+        help="days between two points of --daily-out, like 1d (default) or 7d",
     )
     parser.add_argument(
         "--rejects-out",
@@ -113,6 +162,111 @@ def _lines(stream: BinaryIO, progress: _Progress | None) -> Iterator[bytes]:
     progress.update(count, done, final=True)
 
 
+class DailyWriter:
+    """The rows of ``--daily-out``: CSV, or Parquet (row groups of ``BATCH`` rows)."""
+
+    BATCH = 65_536
+
+    def __init__(self, path: Path, model: CompiledModel) -> None:
+        self.lifecycles = [lc.name for lc in model.lifecycles]
+        self.components = list(model.names)
+        self.columns = column_names(self.lifecycles, self.components)
+        self.rows = 0
+        self._parquet: Any = None
+        self._pending: list[tuple[Any, ...]] = []
+        if path.suffix.lower() == ".parquet":
+            try:
+                pa = importlib.import_module("pyarrow")
+                pq = importlib.import_module("pyarrow.parquet")
+            except ImportError:
+                raise DailyOutError(
+                    f"--daily-out {path}: writing Parquet needs pyarrow (pip install pyarrow); "
+                    "a file name not ending in .parquet is written as CSV without it"
+                ) from None
+            fields = [
+                pa.field("tenant", pa.string()),
+                pa.field("contact_id", pa.string()),
+                pa.field("at", pa.timestamp("ms", tz="UTC")),
+                pa.field("index", pa.float64()),
+                *(pa.field(c, pa.string()) for c in self.columns[4 : 4 + len(self.lifecycles)]),
+                *(pa.field(c, pa.float64()) for c in self.columns[4 + len(self.lifecycles) :]),
+            ]
+            self._pa = pa
+            self._schema = pa.schema(fields)
+            self._parquet = pq.ParquetWriter(str(path), self._schema)
+            self._csv: Any = None
+            self._file: Any = None
+        else:
+            self._file = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            self._csv = csv.writer(self._file, lineterminator="\n")
+            self._csv.writerow(self.columns)
+
+    def point(self, key: tuple[str, str], day: int, snapshot: ContactSnapshot) -> None:
+        """One row: the contact's point at midnight ``day``."""
+        stages = snapshot.lifecycles
+        scores = snapshot.components
+        self.rows += 1
+        if self._parquet is None:
+            self._csv.writerow(
+                [
+                    key[0],
+                    key[1],
+                    ms_to_rfc3339(day * MS_PER_DAY),
+                    repr(snapshot.index),
+                    *(stages[name]["stage"] for name in self.lifecycles),
+                    *(repr(scores[name]) for name in self.components),
+                ]
+            )
+            return
+        self._pending.append(
+            (
+                key[0],
+                key[1],
+                day * MS_PER_DAY,
+                snapshot.index,
+                *(stages[name]["stage"] for name in self.lifecycles),
+                *(scores[name] for name in self.components),
+            )
+        )
+        if len(self._pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        columns = list(zip(*self._pending, strict=True))
+        table = self._pa.Table.from_arrays(
+            [
+                self._pa.array(list(c), type=f.type)
+                for c, f in zip(columns, self._schema, strict=True)
+            ],
+            schema=self._schema,
+        )
+        self._parquet.write_table(table)
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._flush()
+            self._parquet.close()
+        else:
+            self._file.close()
+
+
+class DailyOutError(Exception):
+    """``--daily-out`` cannot be written as asked."""
+
+
+def column_names(lifecycles: list[str], components: list[str]) -> list[str]:
+    """The header of ``--daily-out``: fixed columns, the lifecycles, the components (a name
+    already taken gets a ``stage.`` or ``component.`` prefix)."""
+    columns = ["tenant", "contact_id", "at", "index"]
+    for prefix, names in (("stage.", lifecycles), ("component.", components)):
+        for name in names:
+            columns.append(prefix + name if name in columns else name)
+    return columns
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the replay; 0 unless the input (or an output) cannot be opened or read."""
     model = load_model(args.model)
@@ -134,15 +288,35 @@ def run(args: argparse.Namespace) -> int:
                 if args.states_out is not None
                 else None
             )
+            daily_out = (
+                DailyWriter(args.daily_out, model.compiled) if args.daily_out is not None else None
+            )
         except OSError as exc:
             print(f"engagement-index replay: cannot open: {exc}", file=sys.stderr)
             return 2
-
+        except DailyOutError as exc:
+            print(f"engagement-index replay: {exc}", file=sys.stderr)
+            return 2
         progress = (
             _Progress(size)
             if sys.stderr.isatty() and (size is None or size >= _PROGRESS_MIN_BYTES)
             else None
         )
+        daily = None
+        tail: list[float] = []  # while the points up to the horizon are written: their start
+        if daily_out is not None:
+            writer = daily_out
+            stack.callback(writer.close)
+
+            def on_point(key: tuple[str, str], day: int, snapshot: ContactSnapshot) -> None:
+                writer.point(key, day, snapshot)
+                if tail and writer.rows % 65_536 == 0:
+                    rate = writer.rows / max(time.monotonic() - tail[0], 1e-9)
+                    sys.stderr.write(f"\r{writer.rows:,} daily points {rate:,.0f}/s")
+                    sys.stderr.flush()
+
+            daily = DailySeries(on_point, args.daily_from, args.daily_to, args.daily_step)
+
         clear_line = "\r\x1b[K" if progress is not None and rejects_out is sys.stderr else ""
 
         def on_reject(item: Reject) -> None:
@@ -154,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
             until_ms=args.until,
             on_reject=on_reject,
             dedupe_window_ms=int(args.dedupe_window * 1000),
+            daily=daily,
         )
         out = sys.stdout.buffer
         try:
@@ -162,6 +337,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"engagement-index replay: cannot read {args.events}: {exc}", file=sys.stderr)
             return 2
+        if daily_out is not None:
+            if progress is not None:  # the points up to the horizon can take a while
+                tail.append(time.monotonic())
+            replayer.finish_points()
+            if progress is not None:
+                sys.stderr.write(f"\r{daily_out.rows:,} daily points in {args.daily_out}\n")
         for transition in replayer.finish():
             out.write(transition.to_json_bytes() + b"\n")
         out.flush()

@@ -20,6 +20,7 @@ import asyncio
 import gc
 import logging
 import time
+from bisect import bisect_left
 from collections import Counter as CounterDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
@@ -34,13 +35,22 @@ from engagement_index.core.events import ContactKey
 from engagement_index.core.lifecycle import evaluate, migrate
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.partitioning import canonical_partition
-from engagement_index.core.state import decode_state, peek_state
+from engagement_index.core.state import ContactState, decode_state, peek_state
+from engagement_index.core.timestamps import MS_PER_DAY, ms_to_rfc3339
 from engagement_index.errors import BatchWriteError
 from engagement_index.kafka_security import ssl_context
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
+from engagement_index.stream.daily import (
+    SeriesError,
+    check_series_params,
+    closing_day,
+    points,
+    series_range,
+    stored_days,
+)
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.produce import send_batched
 from engagement_index.stream.scoring import (
@@ -183,6 +193,15 @@ class Worker:
             partitions=partitions,
             options=table_options,
         )
+        #: score history (``stream/daily.py``): key = contact key + day, value = a state
+        self.daily = self.app.Table(
+            "daily",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            options=table_options,
+        )
         self.source = self.app.topic(
             *topology.scoring_sources,
             key_type=bytes,
@@ -262,7 +281,13 @@ class Worker:
             value = history_store._db_for_partition(records[index].partition).get(key)
             return bytes(value) if value is not None else None
 
-        outcome = self.scorer.process(records, load_contact, load_history)
+        daily_store: Any = self.daily.data
+
+        def list_days(key: bytes, index: int, before: int | None) -> list[int]:
+            db = daily_store._db_for_partition(records[index].partition)
+            return [day for day, _ in stored_days(db, key, before)]
+
+        outcome = self.scorer.process(records, load_contact, load_history, list_days)
         try:
             await self._send_all(outcome.sends)
         except asyncio.CancelledError:
@@ -272,6 +297,7 @@ class Worker:
         transaction = TableTransaction(self._aio_producer())
         transaction.stage(self.contacts, outcome.contact_writes, lambda i: records[i].partition)
         transaction.stage(self.history, outcome.history_writes, lambda i: records[i].partition)
+        transaction.stage(self.daily, outcome.daily_writes, lambda i: records[i].partition)
         transaction.write_stores()
         attempt = 0
         while True:  # the stores are written: the same changelog records until they are acked
@@ -502,27 +528,59 @@ class Worker:
                 worker.metrics.recovery_remaining.set(remaining)
                 return self.bytes(worker.metrics.render(), content_type="text/plain; version=0.0.4")
 
+        async def contact_request(
+            view: View,
+            request: Request,
+            key: ContactKey,
+            answer: Callable[[ContactKey, bytes], tuple[dict[str, Any], int]],
+            precheck: Callable[[], dict[str, Any] | None] | None = None,
+        ) -> Response:
+            """Auth and tenant rules, ``precheck`` (a 400 body, or None), then the owner of
+            the contact answers (the request is forwarded to it)."""
+            denied = worker.check_api_access(request, key)
+            if denied is not None:
+                body, status = denied
+                headers = {"WWW-Authenticate": BEARER_CHALLENGE} if status == 401 else None
+                return view.json(body, status=status, headers=headers)
+            try:
+                raw_key = key.encode()
+            except UnicodeEncodeError:
+                return view.json({"error": "tenant must be ASCII"}, status=400)
+            invalid = precheck() if precheck is not None else None
+            if invalid is not None:
+                return view.json(invalid, status=400)
+            try:
+                return await app.router.route_req(worker.contacts.name, raw_key, view.web, request)
+            except SameNode:
+                pass
+            body, status = answer(key, raw_key)
+            return view.json(body, status=status)
+
         @app.page("/v1/contacts/{tenant}/{contact_id}")
         class ContactPage(View):
             async def get(self, request: Request, tenant: str, contact_id: str) -> Response:
                 key = ContactKey(tenant, contact_id)
-                denied = worker.check_api_access(request, key)
-                if denied is not None:
-                    body, status = denied
-                    headers = {"WWW-Authenticate": BEARER_CHALLENGE} if status == 401 else None
-                    return self.json(body, status=status, headers=headers)
-                try:
-                    raw_key = key.encode()
-                except UnicodeEncodeError:
-                    return self.json({"error": "tenant must be ASCII"}, status=400)
-                try:
-                    return await app.router.route_req(
-                        worker.contacts.name, raw_key, self.web, request
-                    )
-                except SameNode:
-                    pass
-                body, status = worker.contact_view(key, raw_key)
-                return self.json(body, status=status)
+                return await contact_request(self, request, key, worker.contact_view)
+
+        @app.page("/v1/contacts/{tenant}/{contact_id}/history")
+        class HistoryPage(View):
+            async def get(self, request: Request, tenant: str, contact_id: str) -> Response:
+                key = ContactKey(tenant, contact_id)
+                query = request.query
+                params = {name: query[name] for name in ("from", "to", "step") if name in query}
+
+                def precheck() -> dict[str, Any] | None:
+                    """The syntax, before forwarding (the owner checks the range)."""
+                    try:
+                        check_series_params(params)
+                    except SeriesError as exc:
+                        return exc.body()
+                    return None
+
+                def answer(key: ContactKey, raw_key: bytes) -> tuple[dict[str, Any], int]:
+                    return worker.history_view(key, raw_key, params)
+
+                return await contact_request(self, request, key, answer, precheck)
 
     def check_api_access(
         self, request: Request, key: ContactKey
@@ -568,4 +626,50 @@ class Worker:
         body = snapshot.model_dump(mode="json")
         body["last_transitions"] = list(reversed(history))
         body["model_version"] = self.model.version
+        return body, 200
+
+    def history_view(
+        self, key: ContactKey, raw_key: bytes, params: dict[str, str]
+    ) -> tuple[dict[str, Any], int]:
+        """The API body of a contact's score history (``stream/daily.py``): one point per
+        midnight of the range, each exact. 400 for a range it cannot serve."""
+        partition = canonical_partition(raw_key, self.topology.scoring_partitions)
+        contacts: Any = self.contacts.data
+        raw = contacts._db_for_partition(partition).get(raw_key)
+        if raw is None:
+            return not_found(key), 404
+        stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
+        state = decode_state(stored.state_bytes, key)
+        current = closing_day(state.clock_ms)
+        daily: Any = self.daily.data
+        days: list[tuple[int, bytes | ContactState]] = [
+            item
+            for item in stored_days(daily._db_for_partition(partition), raw_key, None)
+            if item[0] < current
+        ]
+        # the contact's state closes its latest day (a contact stored before the daily table
+        # existed has only this one)
+        days.append((current, state))
+        try:
+            wanted = series_range(
+                params, today=self.clock_ms() // MS_PER_DAY, first_day=days[0][0] + 1
+            )
+        except SeriesError as exc:
+            return exc.body(), 400
+        # only the base of the first point and the states before the last one are needed
+        start = max(0, bisect_left(days, wanted.first, key=lambda d: d[0]) - 1)
+        needed = (
+            (d, v if isinstance(v, ContactState) else decode_state(v, key))
+            for d, v in days[start:]
+            if d < wanted.last
+        )
+        body: dict[str, Any] = {
+            "tenant": key.tenant,
+            "contact_id": key.contact_id,
+            "model_version": self.model.version,
+            "from": ms_to_rfc3339(wanted.first * MS_PER_DAY)[:10],
+            "to": ms_to_rfc3339(wanted.last * MS_PER_DAY)[:10],
+            "step": f"{wanted.step}d",
+            "points": list(points(needed, wanted, self.model.compiled)),
+        }
         return body, 200

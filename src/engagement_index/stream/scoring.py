@@ -44,6 +44,7 @@ from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import ConfigError, EventRejected
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
+from engagement_index.stream.daily import DailyBatch, ListDays, closing_day
 from engagement_index.stream.stored import StoredContact, source_id
 from engagement_index.topology import Topology
 
@@ -83,6 +84,8 @@ class BatchOutcome:
     # value None: delete the key (an erasure)
     contact_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     history_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
+    # the daily table (score history, ``stream/daily.py``): day key -> (index, state or None)
+    daily_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # table key -> (partition, due time or None)
     due_updates: dict[bytes, tuple[int, int | None]] = field(default_factory=dict)
     # (lifecycle, old stage, new stage); old None: a new contact, new None: an erasure
@@ -109,6 +112,7 @@ class _Batch:
     load_contact: Callable[[bytes, int], bytes | None]
     load_history: Callable[[bytes, int], bytes | None]
     now_ms: int
+    daily: DailyBatch
     contacts: dict[bytes, _Entry | None] = field(default_factory=dict)
     histories: dict[bytes, list[bytes]] = field(default_factory=dict)
     #: per topic, the newest event timestamp scored in this batch
@@ -165,14 +169,17 @@ class BatchScorer:
         records: Sequence[InboundRecord],
         load_contact: Callable[[bytes, int], bytes | None],
         load_history: Callable[[bytes, int], bytes | None],
+        list_days: ListDays | None = None,
     ) -> BatchOutcome:
         """Score ``records`` in order; never raises for a bad record.
 
         Each contact's stored value is decoded at most once per batch and encoded once at the
-        end (one table write, so one changelog record, per contact per batch).
+        end (one table write, so one changelog record, per contact per batch). ``list_days``
+        lists a contact's stored days of the daily table (None: there are none).
         """
         out = BatchOutcome()
-        batch = _Batch(out, load_contact, load_history, self.clock_ms())
+        daily = DailyBatch(self.settings.history_days)
+        batch = _Batch(out, load_contact, load_history, self.clock_ms(), daily)
         outcomes: Counter[tuple[str, str]] = Counter()
         channels = self._channels
         for index, record in enumerate(records):
@@ -194,6 +201,10 @@ class BatchScorer:
         for key, entry in contacts.items():
             if entry is not None and entry.last_index >= 0:
                 writes[key] = (entry.last_index, entry.encode())
+                if entry.daily:
+                    entry.put_days(key, daily)
+        if daily:
+            out.daily_writes = daily.writes(list_days)
         history_size = self.settings.history_size
         for key, (index, placeholder) in list(out.history_writes.items()):
             if placeholder is not None:  # None: erased, a tombstone
@@ -367,12 +378,15 @@ class BatchScorer:
         batch.histories[key] = []
         out.contact_writes[key] = (index, None)
         out.history_writes[key] = (index, None)
+        batch.daily.erase(key, index)
         out.due_updates[key] = (record.partition, None)
         self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
 
     def _rewrite(self, batch: _Batch, key: bytes, index: int, entry: _Entry) -> None:
         """Write a re-delivered contact's unchanged value and history again at the batch end."""
         entry.last_index = max(entry.last_index, index)
+        if not entry.daily:  # its day key may have missed the changelog too
+            entry.put_stored_day(key, index, batch.daily)
         out = batch.out
         if key not in out.history_writes and self._history(batch, key, index):
             out.history_writes[key] = (index, b"")  # the value is joined at the batch end
@@ -459,9 +473,24 @@ class BatchScorer:
 
 
 class _Entry:
-    """A contact within one batch: its stored bookkeeping and its state, decoded lazily."""
+    """A contact within one batch: its stored bookkeeping and its state, decoded lazily.
 
-    __slots__ = ("_state", "_state_bytes", "last_index", "offsets", "published_index", "seen")
+    ``daily``: the state changed in this batch (its day key is written at the batch end);
+    ``passed``: states of this batch the clock has moved on from, by the day they close (each
+    is that day's last state: ``stream/daily.py``).
+    """
+
+    __slots__ = (
+        "_loaded_day",
+        "_state",
+        "_state_bytes",
+        "daily",
+        "last_index",
+        "offsets",
+        "passed",
+        "published_index",
+        "seen",
+    )
 
     def __init__(
         self,
@@ -476,6 +505,9 @@ class _Entry:
         self.published_index = published_index
         self.seen = seen
         self.last_index = -1  # index in the batch of the last record that changed it
+        self.daily = False
+        self.passed: dict[int, ContactState] | None = None
+        self._loaded_day: int | None = None  # the day of the stored state, once decoded
 
     @property
     def known(self) -> bool:
@@ -490,13 +522,37 @@ class _Entry:
             if contact is None:
                 contact = ContactKey.decode(key)
             state = self._state = decode_state(self._state_bytes, contact)
+            self._loaded_day = closing_day(state.clock_ms)
         return state
 
     def set_state(self, state: ContactState) -> None:
         """Replace the state (its bytes are re-encoded at the batch end if it changed)."""
-        if state is not self._state:
+        old = self._state
+        if state is not old:
+            if old is not None and self.daily:
+                day = closing_day(old.clock_ms)
+                if day != closing_day(state.clock_ms):  # the last state of its day
+                    if self.passed is None:
+                        self.passed = {}
+                    self.passed[day] = old
             self._state = state
             self._state_bytes = None
+            self.daily = True
+
+    def put_days(self, key: bytes, daily: DailyBatch) -> None:
+        """Hand the contact's day states to ``daily`` (after :meth:`encode`)."""
+        state = self.state(key)
+        assert self._state_bytes is not None
+        day = closing_day(state.clock_ms)
+        days = {d: encode_state(s) for d, s in (self.passed or {}).items()}
+        days[day] = self._state_bytes
+        daily.put(key, self.last_index, days, day != self._loaded_day)
+
+    def put_stored_day(self, key: bytes, index: int, daily: DailyBatch) -> None:
+        """Write the unchanged stored state's day key again (a re-delivered record)."""
+        state = self.state(key)
+        assert self._state_bytes is not None
+        daily.put(key, index, {closing_day(state.clock_ms): self._state_bytes}, False)
 
     def encode(self) -> bytes:
         """The table value."""
