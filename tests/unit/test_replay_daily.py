@@ -37,6 +37,11 @@ def events(seed: int, n: int = 300, contacts: int = 12, days: int = 30) -> list[
     out.sort()
     for k in range(1, len(out), 25):  # a few at the same millisecond as the one before
         out[k] = (out[k - 1][0], *out[k][1:])
+    # a burst into the upper stages, then silence: decays fall between two midnights
+    hot = ["email.click", "web.form_submit", "social.share"] * 8
+    out += [(START + DAY + 60_000 * j, n + j, "burst", t) for j, t in enumerate(hot)]
+    out.append((START + (days - 2) * DAY + 1, n + len(hot), "burst", "web.page_view"))
+    out.sort()
     return [
         json.dumps(
             {
@@ -71,6 +76,9 @@ def test_each_point_equals_the_replay_until_that_midnight(model_file: str, seed:
     model = load_model(ROOT / "config" / "models" / model_file)
     lines = events(seed)
     found = collect(lines, model)
+    decays = [t for t in replay(lines, model).transitions if t.contact_id == "burst"]
+    assert any(t.reason in ("decay", "threshold", "trend") and t.cause_event_id is None
+               for t in decays), "a time-driven change between two midnights"  # fmt: skip
     first_seen: dict[str, int] = {}
     for line in lines:
         body = json.loads(line)

@@ -19,7 +19,8 @@ A contact id may hold any character, the separator too, so the key of one contac
 with another's prefix; the keys of a contact are exactly those of its prefix that are
 :data:`DAY_BYTES` longer than it (a longer contact id gives a longer key).
 
-Pure (no Faust, no RocksDB): the worker and the replay both use it.
+No Faust and no RocksDB import: :func:`stored_days` reads a partition's database handed in.
+The offline replay computes the same points in its own loop (``replay.Replayer``, ``daily``).
 """
 
 from __future__ import annotations

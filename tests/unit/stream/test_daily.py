@@ -380,3 +380,24 @@ def test_history_view_answers(worker: Worker) -> None:
     first, _ = body["points"]
     assert first["at"] == "2026-09-03T00:00:00.000Z", "the midnight after the first event"
     assert body["points"][0]["stages"] == {"stage": "nurture"}
+
+
+def test_a_contact_day_is_the_contact_key_plus_5_bytes_and_its_state(worker: Worker) -> None:
+    """The figure of docs/operations.md (default model: 142 bytes of state)."""
+    cid = "0123456789abcdef0123456789abcdef0123"  # 36 characters, as a UUID
+    key = ContactKey("acme", cid).encode()
+    partition = canonical_partition(key, TOPOLOGY.scoring_partitions)
+    value = event(0, (TODAY - 1) * DAY + 5, contact=cid)
+    message = Message(
+        topic="events.web",
+        partition=partition,
+        offset=0,
+        key=key,
+        value=value,
+        timestamp=NOW / 1000,
+    )
+    asyncio.run(worker.process_batch([message]))
+    store: Any = worker.daily.data
+    [(day_stored, state)] = list(stored_days(store._db_for_partition(partition), key, None))
+    assert day_stored == TODAY - 1
+    assert (len(day_key(key, day_stored)), len(state)) == (46, 142)
