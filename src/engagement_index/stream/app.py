@@ -604,19 +604,28 @@ class Worker:
         """Partitions assigned, changelogs recovered, not rebalancing."""
         return self.recovered and not self.app.rebalancing
 
+    def _stored_state(self, key: ContactKey, raw_key: bytes) -> tuple[int, ContactState] | None:
+        """``(canonical partition, state)`` of a contact, read where its state lives (a copy
+        an earlier release may have left on another partition is not its state); None if
+        there is none."""
+        partition = canonical_partition(raw_key, self.topology.scoring_partitions)
+        contacts: Any = self.contacts.data
+        raw = contacts._db_for_partition(partition).get(raw_key)
+        if raw is None:
+            return None
+        stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
+        return partition, decode_state(stored.state_bytes, key)
+
     def contact_view(self, key: ContactKey, raw_key: bytes) -> tuple[dict[str, Any], int]:
         """The API body for one contact, with the index evaluated now.
 
         Read from the contact's canonical partition (where its state lives; a copy an earlier
         release may have left on another partition is not its state).
         """
-        partition = canonical_partition(raw_key, self.topology.scoring_partitions)
-        contacts: Any = self.contacts.data
-        raw = contacts._db_for_partition(partition).get(raw_key)
-        if raw is None:
+        found = self._stored_state(key, raw_key)
+        if found is None:
             return not_found(key), 404
-        stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
-        state = decode_state(stored.state_bytes, key)
+        partition, state = found
         snapshot = evaluate(state, self.clock_ms(), self.model.compiled)
         history: Any = self.history.data
         history_raw = history._db_for_partition(partition).get(raw_key)
@@ -633,13 +642,10 @@ class Worker:
     ) -> tuple[dict[str, Any], int]:
         """The API body of a contact's score history (``stream/daily.py``): one point per
         midnight of the range, each exact. 400 for a range it cannot serve."""
-        partition = canonical_partition(raw_key, self.topology.scoring_partitions)
-        contacts: Any = self.contacts.data
-        raw = contacts._db_for_partition(partition).get(raw_key)
-        if raw is None:
+        found = self._stored_state(key, raw_key)
+        if found is None:
             return not_found(key), 404
-        stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
-        state = decode_state(stored.state_bytes, key)
+        partition, state = found
         current = closing_day(state.clock_ms)
         daily: Any = self.daily.data
         days: list[tuple[int, bytes | ContactState]] = [

@@ -274,13 +274,13 @@ def stored_days(db: Any, contact_key: bytes, before: int | None) -> Iterator[tup
     prefix (those of another contact whose id extends this one are skipped)."""
     start = prefix(contact_key)
     stop = day_key(contact_key, before) if before is not None else None
-    size = len(contact_key) + DAY_BYTES
     it = db.iter()
     it.seek(start)
     while it.valid():
         key = bytes(it.key())
         if not key.startswith(start) or (stop is not None and key >= stop):
             break
-        if len(key) == size:
-            yield int.from_bytes(key[-4:], "big") - _OFFSET, bytes(it.value())
+        day = day_of_key(contact_key, key)
+        if day is not None:
+            yield day, bytes(it.value())
         it.next()
