@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA := dev/kafka/kafka.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint typecheck unit integration reliability soak run bench kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup test lint typecheck unit integration reliability soak run bench bench-segments kafka-start kafka-stop kafka-status lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ run: setup ## start a local broker, the worker and demo traffic (Ctrl-C stops; M
 bench: setup ## benchmarks, not part of test (EVENTS=n, ARGS="--contacts n --latency-seconds s ...")
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(if $(EVENTS),--events $(EVENTS)) $(ARGS)
+
+bench-segments: setup ## segment lists and summary on 1,000,000 contacts, two workers (ARGS="--contacts n ...")
+	$(BIN)/python bench/segments.py $(ARGS)
 
 kafka-start: ## start the local single-node broker (idempotent)
 	@$(KAFKA) start

@@ -59,6 +59,8 @@ from engagement_index.stream.scoring import (
     OutboundRecord,
     encode_tick,
 )
+from engagement_index.stream.segment_api import SegmentApi
+from engagement_index.stream.segments import SegmentIndex
 from engagement_index.stream.stored import StoredContact
 from engagement_index.stream.transaction import TableTransaction
 from engagement_index.topology import Topology
@@ -217,6 +219,9 @@ class Worker:
         self.app.bulk_handler = self._process_until_done
         self.app.timer(settings.tick_interval_seconds)(self._decay_timer)
         self._register_views()
+        #: segment lists and counts (stream/segments.py, stream/segment_api.py)
+        self.segments = SegmentIndex.for_worker(self)
+        SegmentApi(self).register()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # ------------------------------------------------------------------ agent
@@ -273,9 +278,12 @@ class Worker:
         contacts_store: Any = self.contacts.data
         history_store: Any = self.history.data
 
+        loaded: dict[bytes, bytes | None] = {}  # the values before the batch (segment index)
+
         def load_contact(key: bytes, index: int) -> bytes | None:
             value = contacts_store._db_for_partition(records[index].partition).get(key)
-            return bytes(value) if value is not None else None
+            loaded[key] = value = bytes(value) if value is not None else None
+            return value
 
         def load_history(key: bytes, index: int) -> bytes | None:
             value = history_store._db_for_partition(records[index].partition).get(key)
@@ -299,6 +307,14 @@ class Worker:
         transaction.stage(self.history, outcome.history_writes, lambda i: records[i].partition)
         transaction.stage(self.daily, outcome.daily_writes, lambda i: records[i].partition)
         transaction.write_stores()
+        self.segments.apply(
+            outcome.contact_writes,
+            loaded,
+            lambda i: records[i].partition,
+            outcome.sends,
+            outcome.due_updates,
+            self.clock_ms(),
+        )
         attempt = 0
         while True:  # the stores are written: the same changelog records until they are acked
             try:
@@ -423,6 +439,7 @@ class Worker:
         store: Any = self.contacts.data
         topic = self.contacts.changelog_topic.get_topic_name()
         owned = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
+        self.segments.begin_rebuild(owned, self.clock_ms())
         compiled = self.model.compiled
         layout = compiled.layout
         legacy_sources = self.topology.scoring_sources
@@ -433,6 +450,7 @@ class Worker:
             db = store._db_for_partition(partition)
             for raw_key, raw_value in store._visible_items(db):
                 key = bytes(raw_key)
+                migrated = None
                 try:
                     stored = StoredContact.decode(bytes(raw_value), legacy_sources)
                     due_ms, state_layout, stage_ids = peek_state(stored.state_bytes)
@@ -456,6 +474,7 @@ class Worker:
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
                 self.due.set(partition, key, due_ms)
+                self.segments.add(partition, key, stored.state_bytes, migrated)
                 for stage_id in stage_ids:
                     position, stage = compiled.stage_by_id[stage_id]
                     lifecycle = compiled.lifecycles[position]
@@ -466,6 +485,7 @@ class Worker:
         self.metrics.recovery_contacts.inc(count)
         self.metrics.model_migrations.inc(foreign)
         self.metrics.orphaned_states.set(orphans)
+        self.segments.end_rebuild()
         self._publish_gauges()
         self.recovered = True
         # everything alive now (modules, Faust, the recovered index) stays: collect garbage

@@ -37,6 +37,37 @@ class DueIndex:
         """Partitions with an entry due at or before ``now_ms`` (the timer checks only these)."""
         return [p for p, heap in self._heap.items() if heap and heap[0][0] <= now_ms]
 
+    def overdue(self, partition: int, now_ms: int, retry_ms: int) -> list[bytes]:
+        """The keys of ``partition`` whose due time is at or before ``now_ms``.
+
+        Those whose wake-up has not been sent yet and those in flight (popped, so their heap
+        entry moved to their retry time, at most ``now_ms + retry_ms``). Walks only the heap
+        entries up to that time (a heap's children are never earlier than their parent), so
+        it costs what is due now and soon, not the partition's size.
+        """
+        heap = self._heap.get(partition)
+        keys = self._due.get(partition)
+        if not heap or not keys:
+            return []
+        limit = now_ms + retry_ms
+        found: dict[bytes, None] = {}
+        stack = [0]
+        size = len(heap)
+        while stack:
+            i = stack.pop()
+            at, key = heap[i]
+            if at > limit:
+                continue
+            due = keys.get(key)
+            if due is not None and due <= now_ms:
+                found[key] = None
+            child = 2 * i + 1
+            if child < size:
+                stack.append(child)
+                if child + 1 < size:
+                    stack.append(child + 1)
+        return list(found)
+
     def pop_due(
         self,
         now_ms: int,

@@ -22,11 +22,12 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engagement_index.core.dedupe import EMPTY, SeenIds, decode_seen, encode_seen
+from engagement_index.core.dedupe import DIGEST_BYTES, EMPTY, SeenIds, decode_seen, encode_seen
 from engagement_index.errors import EngagementIndexError, StateDecodeError
 
 _HEAD = struct.Struct("<Bf B")
 _SOURCE = struct.Struct("<H")
+_SEEN_COUNT = struct.Struct("<I")
 VERSION = 2
 
 
@@ -61,6 +62,24 @@ def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return result, pos
         shift += 7
+
+
+def state_bytes_of(data: bytes, legacy_sources: Sequence[str] = ()) -> bytes:
+    """The core-state bytes of a table value: :meth:`StoredContact.decode`'s ``state_bytes``,
+    skipping the offsets and the duplicate window instead of decoding them."""
+    if len(data) < _HEAD.size or data[0] != VERSION:
+        return StoredContact.decode(data, legacy_sources).state_bytes
+    pos = _HEAD.size
+    for _ in range(data[_HEAD.size - 1]):
+        pos += _SOURCE.size
+        while data[pos] & 0x80:
+            pos += 1
+        pos += 1
+    (n,) = _SEEN_COUNT.unpack_from(data, pos)
+    end = pos + _SEEN_COUNT.size + n * (DIGEST_BYTES + 8)
+    if end > len(data):
+        raise StoredStateError("truncated duplicate window")
+    return data[end:]
 
 
 @dataclass(slots=True)
