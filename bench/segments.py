@@ -575,8 +575,9 @@ def append_history(results: dict[str, Any]) -> None:
                     "summary p99 < 250 ms.",
                     "",
                     "| date | commit | contacts | page stage=purchase | by cursor | sort=-index"
-                    " | summary | ready s | re-index contacts/s | index B/contact |",
-                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                    " | customer=true, -last_event | summary | ready s | re-index contacts/s"
+                    " | index B/contact |",
+                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
                 ]
             )
             + "\n"
@@ -590,7 +591,7 @@ def append_history(results: dict[str, Any]) -> None:
     row = (
         f"| {results['date'][:16].replace('T', ' ')} | {commit} | {results['contacts']:,} | "
         f"{pair('page_first')} | {pair('page_cursor')} | {pair('page_index')} | "
-        f"{pair('summary')} | {results['ready_seconds']:.0f} | "
+        f"{pair('page_filtered')} | {pair('summary')} | {results['ready_seconds']:.0f} | "
         f"{results['rebuild_contacts_per_s'] or 0:,} | {results['index_bytes_per_contact']:.0f} |"
     )
     RESULTS_MD.write_text(text.rstrip("\n") + "\n" + row + "\n")
