@@ -153,7 +153,7 @@ class Replayer:
         return self._apply(fields, arrival_ms)
 
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
-        event_id, tenant, contact_id, _, ts = fields
+        event_id, tenant, contact_id, _, ts, _ = fields
         key = (tenant, contact_id)
         if ts > self._arrival_clock:
             self._arrival_clock = ts

@@ -76,8 +76,9 @@ def stage_id(lifecycle: str, stage: str) -> int:
 
 
 def model_fingerprint(model: ScoringModel) -> int:
-    """32 bits of blake2b over the canonical JSON of the model without its version."""
-    content = model.model_dump(mode="json", exclude={"version"})
+    """32 bits of blake2b over the canonical JSON of the model without its version (nor its
+    ``accounts`` section, which changes no contact state)."""
+    content = model.model_dump(mode="json", exclude={"version", "accounts"})
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
 

@@ -123,6 +123,8 @@ class EventFields(NamedTuple):
     contact_id: str
     type: str
     timestamp_ms: int
+    #: the account the contact belongs to, if the event names one (docs/models.md#accounts)
+    account_id: str | None = None
 
 
 _TENANT_RE = re.compile(TENANT_PATTERN)
@@ -211,7 +213,7 @@ def _fast_fields(obj: dict[str, Any]) -> EventFields | None:
         ms = parse_timestamp_ms(timestamp)
     except ValueError:
         return None
-    return EventFields(event_id, tenant, contact_id, event_type, ms)
+    return EventFields(event_id, tenant, contact_id, event_type, ms, account_id)
 
 
 def _format_validation(exc: ValidationError) -> str:
@@ -268,7 +270,12 @@ def parse_event_fields(data: bytes | str, *, max_bytes: int | None = None) -> Ev
 def event_fields(event: CanonicalEvent) -> EventFields:
     """The scoring fields of an event."""
     return EventFields(
-        event.event_id, event.tenant, event.contact_id, event.type, event.timestamp_ms
+        event.event_id,
+        event.tenant,
+        event.contact_id,
+        event.type,
+        event.timestamp_ms,
+        event.account_id,
     )
 
 

@@ -29,6 +29,7 @@ from pydantic import (
 from engagement_index.errors import ModelError
 
 if TYPE_CHECKING:
+    from engagement_index.core.accounts import CompiledAccounts
     from engagement_index.core.compiled import CompiledModel
 
 _REPO_MODEL = Path(__file__).resolve().parents[3] / "config" / "models" / "default.yaml"
@@ -312,6 +313,53 @@ class Legacy(_Strict):
     marker: Name | None = None
 
 
+class AccountIndex(_Strict):
+    """An account level aggregated from its members' indices (docs/models.md#accounts).
+
+    ``top_k_mean``: the mean of the ``k`` largest member indices (of all members if fewer);
+    ``max``: the largest; ``share_at_least``: the percentage of members whose index is at
+    least ``level``.
+    """
+
+    aggregate: Literal["top_k_mean", "max", "share_at_least"]
+    k: int | None = Field(default=None, ge=1, le=10_000)
+    level: Level | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AccountIndex:
+        if (self.k is not None) != (self.aggregate == "top_k_mean"):
+            raise ValueError("k: required by top_k_mean, and only by it")
+        if (self.level is not None) != (self.aggregate == "share_at_least"):
+            raise ValueError("level: required by share_at_least, and only by it")
+        return self
+
+
+#: the account level every account model has: 100 * active users / licences
+UTILISATION_INDEX = "utilisation"
+
+
+class AccountModel(_Strict):
+    """The ``accounts`` section: account levels, active users, licences, lifecycles."""
+
+    active_within: Duration = Field(description="an active user had an event this recently")
+    licences_trait: str = Field(default="licences", min_length=1, max_length=128)
+    top_members: int = Field(default=5, ge=0, le=100)
+    indices: dict[Name, AccountIndex] = Field(min_length=1)
+    lifecycles: dict[Name, Lifecycle] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> AccountModel:
+        if self.active_within < 0.001:
+            raise ValueError("active_within: at least 1 ms")
+        for name in self.indices:
+            if name in (CONTACT_INDEX, UTILISATION_INDEX):
+                raise ValueError(f"indices.{name}: the name {name!r} is reserved")
+        for name, lifecycle in self.lifecycles.items():
+            if lifecycle.trend is not None:
+                raise ValueError(f"lifecycles.{name}: an account has no trend lifecycle")
+        return self
+
+
 class ScoringModel(_Strict):
     """A versioned scoring and lifecycle model (docs/models.md)."""
 
@@ -324,8 +372,10 @@ class ScoringModel(_Strict):
     indices: dict[Name, dict[str, Weight]] | None = None
     lifecycles: dict[Name, Lifecycle] | None = None
     legacy: Legacy | None = None
+    accounts: AccountModel | None = None
 
     _compiled: CompiledModel | None = PrivateAttr(default=None)
+    _accounts: CompiledAccounts | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_references(self) -> ScoringModel:
@@ -338,6 +388,8 @@ class ScoringModel(_Strict):
                     raise ValueError(f"{key}: a format 2 key (add format: 2)")
             if self.markers:
                 raise ValueError("markers: a format 2 key (add format: 2)")
+            if self.accounts is not None:
+                raise ValueError("accounts: a format 2 key (add format: 2)")
             if self.halves is None:
                 raise ValueError("halves: required in a format 1 model")
         else:
@@ -397,6 +449,20 @@ class ScoringModel(_Strict):
             self._compiled = compiled
         return compiled
 
+    @property
+    def accounts_compiled(self) -> CompiledAccounts | None:
+        """The compiled ``accounts`` section (built once), or None if the model has none."""
+        if self.accounts is None:
+            return None
+        private = self.__pydantic_private__
+        compiled: CompiledAccounts | None = private.get("_accounts") if private else None
+        if compiled is None:
+            from engagement_index.core.accounts import compile_accounts
+
+            compiled = compile_accounts(self)
+            self._accounts = compiled
+        return compiled
+
 
 Condition.model_rebuild()
 
@@ -422,6 +488,7 @@ def parse_model(data: Mapping[str, Any]) -> ScoringModel:
     except ValidationError as exc:
         raise ModelError(_format_errors(exc)) from None
     model.compiled  # noqa: B018 - the lifecycle checks run when compiling
+    model.accounts_compiled  # noqa: B018 - so do those of the account lifecycles
     return model
 
 
