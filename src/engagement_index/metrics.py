@@ -131,6 +131,23 @@ class Metrics:
             ["outcome"],  # erased | not_found | invalid
             registry=r,
         )
+        self.account_updates = Counter(
+            "engagement_account_updates_total",
+            "Account updates (member states, departures, licences) by kind and outcome.",
+            ["kind", "outcome"],  # join | leave | licences | tick; applied | unchanged | invalid
+            registry=r,
+        )
+        self.account_transitions = Counter(
+            "engagement_account_transitions_total",
+            "Account stage changes, by lifecycle, target stage and reason.",
+            ["lifecycle", "to_stage", "reason"],
+            registry=r,
+        )
+        self.account_due_index_size = Gauge(
+            "engagement_account_due_index_size",
+            "Accounts with a pending time-driven change in this worker's due-time index.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition of this registry."""

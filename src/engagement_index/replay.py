@@ -8,8 +8,21 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from engagement_index.core.accounts import (
+    AccountSnapshot,
+    AccountState,
+    AccountTransition,
+    AccountUpdate,
+    Membership,
+    account_updates,
+    advance_account,
+    apply,
+    evaluate_account,
+    is_account_type,
+    member_event_updates,
+)
 from engagement_index.core.dedupe import DEFAULT_WINDOW_MS, EMPTY, SeenIds, admit
 from engagement_index.core.events import (
     EventFields,
@@ -115,6 +128,12 @@ class Replayer:
         self._cm = model.compiled
         #: contacts whose due time is not solved yet
         self._unsolved: set[tuple[str, str]] = set()
+        #: accounts (docs/models.md#accounts): None if the model declares none
+        self._accounts = model.accounts_compiled
+        self.accounts: dict[tuple[str, str], AccountState] = {}
+        self.memberships: dict[tuple[str, str], Membership] = {}
+        #: account transitions, in emission order (``finish`` adds the time-driven ones)
+        self.account_transitions: list[AccountTransition] = []
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -138,6 +157,13 @@ class Replayer:
         stats.lines += 1
         try:
             fields = parse_event_fields(raw, max_bytes=self.max_bytes)
+            if self._accounts is not None and is_account_type(fields.type):
+                if self.until_ms is not None and fields.timestamp_ms > self.until_ms:
+                    raise EventRejected(
+                        FailureType.TIME_OUT_OF_RANGE, "timestamp: after the replay's --until time"
+                    )
+                self._account_event(raw, fields)
+                return []
             if fields.type not in self._cm.rules:
                 raise EventRejected(
                     FailureType.UNKNOWN_TYPE,
@@ -174,14 +200,82 @@ class Replayer:
             state = with_due(state, cm)
             unsolved.discard(key)
         new, transitions = step(state, fields, cm, solve_due=False)
-        self.states[key] = new
         unsolved.add(key)
+        if self._accounts is not None:
+            new = self._member_event(fields, new)
+        self.states[key] = new
         stats.applied += 1
         if transitions:
             stats.transitions += len(transitions)
         if self.max_event_ms is None or ts > self.max_event_ms:
             self.max_event_ms = ts
         return transitions
+
+    def _member_event(self, fields: EventFields, state: ContactState) -> ContactState:
+        """Send a member's new state to its account, as the worker does after each event;
+        returns the state (its due time solved if it went to an account)."""
+        key = (fields.tenant, fields.contact_id)
+        current = self.memberships.get(key)
+        if current is None and not fields.account_id:
+            return state
+        state = with_due(state, self._cm)
+        self._unsolved.discard(key)
+        membership, updates = member_event_updates(fields, state, current)
+        self.memberships[key] = membership
+        for update in updates:
+            self._account_update(update)
+        return state
+
+    def _account_event(self, raw: bytes | str, fields: EventFields) -> None:
+        """An ``account.licences`` event or a group call (``account.group``)."""
+        assert self._accounts is not None
+        key = (fields.tenant, fields.contact_id)
+        state = self.states.get(key)
+        if state is not None and key in self._unsolved:
+            state = self.states[key] = with_due(state, self._cm)
+            self._unsolved.discard(key)
+        try:
+            updates, membership = account_updates(
+                raw, state, self.memberships.get(key), self._accounts
+            )
+        except EventRejected as exc:
+            self.reject(self.stats.lines, exc.failure, exc.message)
+            return
+        if membership is not None:
+            self.memberships[key] = membership
+        self.stats.applied += 1
+        for update in updates:
+            self._account_update(update)
+
+    def _account_update(self, update: AccountUpdate) -> None:
+        assert self._accounts is not None
+        key = (update.tenant, update.account_id)
+        new, transitions = apply(self.accounts.get(key), update, self._accounts)
+        if new is not None:
+            self.accounts[key] = new
+        self.account_transitions.extend(transitions)
+
+    def finish_accounts(self, until_ms: int | None = None) -> list[AccountTransition]:
+        """The accounts' time-driven changes due by the horizon (``finish`` calls it)."""
+        horizon = until_ms if until_ms is not None else self.horizon()
+        if self._accounts is None or horizon is None:
+            return []
+        out: list[AccountTransition] = []
+        for key in sorted(self.accounts):
+            new, transitions = advance_account(self.accounts[key], horizon, self._accounts)
+            self.accounts[key] = new
+            out.extend(transitions)
+        self.account_transitions.extend(out)
+        return out
+
+    def account_snapshots(self, at_ms: int | None = None) -> Iterator[AccountSnapshot]:
+        """Each account's snapshot at ``at_ms`` (default: the horizon), sorted by key."""
+        assert self._accounts is not None or not self.accounts
+        at = at_ms if at_ms is not None else self.horizon()
+        for key in sorted(self.accounts):
+            state = self.accounts[key]
+            assert self._accounts is not None
+            yield evaluate_account(state, state.clock_ms if at is None else at, self._accounts)
 
     def _points_before(
         self, key: tuple[str, str], state: ContactState | None, ts: int
@@ -280,6 +374,7 @@ class Replayer:
             if new.due_ms is not None and new.due_ms <= horizon:
                 heapq.heappush(queue, (new.due_ms, key))
         self.stats.transitions += len(out)
+        self.finish_accounts(horizon)
         return out
 
     def snapshots(self, at_ms: int | None = None) -> Iterator[ContactSnapshot]:
@@ -299,6 +394,8 @@ class ReplayResult:
     states: dict[tuple[str, str], ContactState]
     rejects: list[Reject]
     snapshots: list[ContactSnapshot]
+    account_transitions: list[AccountTransition] = field(default_factory=list)
+    account_snapshots: list[AccountSnapshot] = field(default_factory=list)
 
 
 def replay(
@@ -320,4 +417,6 @@ def replay(
         states=dict(replayer.states),
         rejects=list(replayer.rejects),
         snapshots=list(replayer.snapshots()),
+        account_transitions=list(replayer.account_transitions),
+        account_snapshots=list(replayer.account_snapshots()),
     )

@@ -61,6 +61,7 @@ class OutboundTopics(_Frozen):
     dead_letters: TopicSpec
     identities: TopicSpec = TopicSpec(name="engagement.identities", retention="30d")
     erasures: TopicSpec = TopicSpec(name="engagement.erasures", retention="30d")
+    account_changes: TopicSpec = TopicSpec(name="engagement.account-changes", retention="30d")
 
 
 class InternalTopics(_Frozen):
@@ -69,6 +70,8 @@ class InternalTopics(_Frozen):
     erasure_requests: TopicSpec = TopicSpec(
         name="engagement-index.erasure-requests", retention="7d"
     )
+    account_updates: TopicSpec = TopicSpec(name="engagement-index.account-updates", retention="7d")
+    account_ticks: TopicSpec = TopicSpec(name="engagement-index.account-ticks", retention="1d")
 
 
 class TableSpec(_Frozen):
@@ -85,7 +88,7 @@ class Topology(_Frozen):
     inbound: dict[Literal["web", "email", "social", "commerce", "product"], TopicSpec]
     outbound: OutboundTopics
     internal: InternalTopics
-    tables: dict[Literal["contacts", "history", "daily"], TableSpec]
+    tables: dict[Literal["contacts", "history", "daily", "accounts"], TableSpec]
 
     @field_validator("inbound")
     @classmethod
@@ -132,12 +135,15 @@ class Topology(_Frozen):
             yield spec.name, self.scoring_partitions, spec
         for spec in (self.internal.rekey, self.internal.ticks, self.internal.erasure_requests):
             yield spec.name, self.scoring_partitions, spec
+        for spec in (self.internal.account_updates, self.internal.account_ticks):
+            yield spec.name, self.scoring_partitions, spec
         for spec in (
             self.outbound.stage_changes,
             self.outbound.scores,
             self.outbound.dead_letters,
             self.outbound.identities,
             self.outbound.erasures,
+            self.outbound.account_changes,
         ):
             yield spec.name, spec.partitions or self.scoring_partitions, spec
         for table, table_spec in self.tables.items():

@@ -423,6 +423,7 @@ class _Loader:
                 "indices",
                 "lifecycles",
                 "legacy",
+                "accounts",  # READING: the account section; tests/reference/accounts.py reads it
             },
             {"version", "components", "events", "indices", "lifecycles"},
         )

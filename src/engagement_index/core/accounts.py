@@ -39,13 +39,13 @@ from engagement_index.core.compiled import (
     _Names,
 )
 from engagement_index.core.decay import _bracket, index_after, max_delay_for
-from engagement_index.core.events import ContactKey
+from engagement_index.core.events import ContactKey, EventFields, FailureType, parse_event
 from engagement_index.core.lifecycle import _Change, _Instant, _Work, advance, migrate
 from engagement_index.core.model import UTILISATION_INDEX, duration_ms
 from engagement_index.core.records import StageStatus, TransitionReason, _Record
 from engagement_index.core.state import ContactState, decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
-from engagement_index.errors import ModelError, StateDecodeError
+from engagement_index.errors import EventRejected, ModelError, StateDecodeError
 
 if TYPE_CHECKING:
     from engagement_index.core.model import ScoringModel
@@ -59,6 +59,8 @@ GROUP_TYPE = "account.group"
 LICENCES_TYPE = "account.licences"
 
 TOP_K, MAX, SHARE = range(3)
+#: a contact's account and since when (the timestamp that made it a member), or None
+Membership = tuple[str, int] | None
 JOIN, LEAVE, LICENCES = range(1, 4)
 
 
@@ -325,9 +327,9 @@ class _AccountWork(_Work):
     """The lifecycle engine's working state for an account: stages and clock as for a contact,
     levels read from the members (:func:`level_of`) instead of decayed sums."""
 
-    __slots__ = ("acc", "book", "licences", "licences_ms", "members", "member_due", "out", "prev")
+    __slots__ = ("acc", "book", "licences", "licences_ms", "member_due", "members", "out", "prev")
 
-    def __init__(self, state: AccountState, acc: CompiledAccounts) -> None:  # noqa: PLR0915
+    def __init__(self, state: AccountState, acc: CompiledAccounts) -> None:
         # the fields of a contact's work that the engine reads, set for an account
         cm = acc.lifecycles
         self.cm = cm
@@ -489,8 +491,10 @@ def _changes_nothing(state: AccountState, update: AccountUpdate) -> bool:
     member = next((m for m in state.members if m.contact_id == update.contact_id), None)
     if update.kind == LEAVE:
         return member is None
-    return member is not None and member.version >= update.version and (
-        update.state is None or member.state is not None
+    return (
+        member is not None
+        and member.version >= update.version
+        and (update.state is None or member.state is not None)
     )
 
 
@@ -588,9 +592,7 @@ def advance_account(
     return work.account_state(), work.out
 
 
-def evaluate_account(
-    state: AccountState, at_ms: int, acc: CompiledAccounts
-) -> AccountSnapshot:
+def evaluate_account(state: AccountState, at_ms: int, acc: CompiledAccounts) -> AccountSnapshot:
     """The account as of ``at_ms`` (not before its clock), time-driven changes applied."""
     state, _ = advance_account(state, at_ms, acc)
     work = _AccountWork(state, acc)
@@ -762,8 +764,8 @@ def encode_update(update: AccountUpdate) -> bytes:
 def decode_update(data: bytes) -> AccountUpdate:
     """Parse a value of :func:`encode_update` (``StateDecodeError`` if it is not one)."""
     try:
-        version, kind, at, member_version, licences, nt, na, nc, ncause, nb = (
-            _UPDATE.unpack_from(data, 0)
+        version, kind, at, member_version, licences, nt, na, nc, ncause, nb = _UPDATE.unpack_from(
+            data, 0
         )
         if version != _VERSION or kind not in (JOIN, LEAVE, LICENCES):
             raise StateDecodeError(f"not an account update (version {version}, kind {kind})")
@@ -815,3 +817,92 @@ def licences_of(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer() and 0 <= value < 2.0**62:
         return int(value)
     return None
+
+
+def account_updates(
+    value: bytes | str, state: ContactState | None, account: Membership, acc: CompiledAccounts
+) -> tuple[list[AccountUpdate], Membership]:
+    """The updates an ``account.*`` event sends and the contact's membership after it.
+
+    ``account.licences``: ``properties.licences`` (a whole number >= 0) on ``account_id``.
+    ``account.group``: the contact joins ``account_id`` (by the membership rule), with its
+    state if it has one; a ``licences`` trait (``accounts.licences_trait``) sets the licences.
+    Raises ``EventRejected`` for an invalid one (the caller dead-letters it).
+    """
+    event = parse_event(value)
+    if not event.account_id:
+        raise EventRejected(FailureType.SCHEMA_VIOLATION, f"account_id: required by {event.type}")
+    properties: dict[str, Any] = event.properties or {}
+    at = event.timestamp_ms
+    tenant, account_id = event.tenant, event.account_id
+    if event.type == LICENCES_TYPE:
+        licences = licences_of(properties.get("licences"))
+        if licences is None:
+            raise EventRejected(
+                FailureType.SCHEMA_VIOLATION,
+                "properties.licences: required, a whole number from 0",
+            )
+        update = AccountUpdate(LICENCES, tenant, account_id, at, event.event_id, licences=licences)
+        return [update], account
+    if event.type != GROUP_TYPE:
+        raise EventRejected(
+            FailureType.UNKNOWN_TYPE,
+            f"type: {event.type!r}: the account channel has {GROUP_TYPE} and {LICENCES_TYPE}",
+        )
+    updates: list[AccountUpdate] = []
+    current, since = account if account is not None else (None, None)
+    if state is not None and moves_to(current, since, event.account_id, at):
+        if current is not None and current != event.account_id:
+            updates.append(
+                AccountUpdate(LEAVE, event.tenant, current, at, event.event_id, event.contact_id)
+            )
+        account = (event.account_id, at)
+    updates.append(
+        AccountUpdate(
+            JOIN,
+            tenant,
+            account_id,
+            at,
+            event.event_id,
+            event.contact_id,
+            state.events_counted if state is not None else 0,
+            state,
+        )
+    )
+    licences = licences_of(properties.get(acc.licences_trait))
+    if licences is not None:
+        updates.append(
+            AccountUpdate(LICENCES, tenant, account_id, at, event.event_id, licences=licences)
+        )
+    return updates, account
+
+
+def member_event_updates(
+    fields: EventFields, state: ContactState, account: Membership
+) -> tuple[Membership, list[AccountUpdate]]:
+    """After a member's scored event: its membership, and its state for its account (and a
+    departure for the account it left)."""
+    updates: list[AccountUpdate] = []
+    current, since = account if account is not None else (None, None)
+    at = fields.timestamp_ms
+    if moves_to(current, since, fields.account_id, at):
+        assert fields.account_id is not None
+        if current is not None and current != fields.account_id:
+            updates.append(
+                AccountUpdate(LEAVE, fields.tenant, current, at, fields.event_id, fields.contact_id)
+            )
+        account = (fields.account_id, at)
+    if account is not None:
+        updates.append(
+            AccountUpdate(
+                JOIN,
+                fields.tenant,
+                account[0],
+                at,
+                fields.event_id,
+                fields.contact_id,
+                state.events_counted,
+                state,
+            )
+        )
+    return account, updates

@@ -41,6 +41,7 @@ from engagement_index.errors import BatchWriteError
 from engagement_index.kafka_security import ssl_context
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
+from engagement_index.stream.account_agent import AccountAgent
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
 from engagement_index.stream.daily import (
@@ -222,6 +223,8 @@ class Worker:
         #: segment lists and counts (stream/segments.py, stream/segment_api.py)
         self.segments = SegmentIndex.for_worker(self)
         SegmentApi(self).register()
+        #: accounts (stream/account_agent.py): None if the model declares none
+        self.accounts = AccountAgent.for_worker(self)
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # ------------------------------------------------------------------ agent
@@ -622,7 +625,8 @@ class Worker:
 
     def is_ready(self) -> bool:
         """Partitions assigned, changelogs recovered, not rebalancing."""
-        return self.recovered and not self.app.rebalancing
+        accounts = self.accounts is None or self.accounts.recovered
+        return self.recovered and accounts and not self.app.rebalancing
 
     def _stored_state(self, key: ContactKey, raw_key: bytes) -> tuple[int, ContactState] | None:
         """``(canonical partition, state)`` of a contact, read where its state lives (a copy

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from engagement_index import __version__
+from engagement_index.core.accounts import is_account_type
 from engagement_index.core.dedupe import EMPTY as EMPTY_SEEN
 from engagement_index.core.dedupe import SeenIds, admit
 from engagement_index.core.erasure import Erasure, ErasureRequest
@@ -44,6 +45,7 @@ from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import ConfigError, EventRejected
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
+from engagement_index.stream.accounts import MemberUpdates
 from engagement_index.stream.daily import DailyBatch, ListDays, closing_day
 from engagement_index.stream.stored import StoredContact, source_id
 from engagement_index.topology import Topology
@@ -162,6 +164,8 @@ class BatchScorer:
         # per batch, added to the metrics once at its end
         self._transition_counts: Counter[tuple[str, str | None, str, str]] = Counter()
         self._snapshot_count = 0
+        #: account membership and member updates (None: the model has no accounts)
+        self._members = MemberUpdates.for_scorer(model, topology, metrics)
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -256,7 +260,9 @@ class BatchScorer:
             return "dead_lettered"
         try:
             fields = parse_event_fields(value, max_bytes=self._max_record_bytes)
-            if fields.type not in self._rules:
+            if fields.type not in self._rules and not (
+                self._members is not None and is_account_type(fields.type)
+            ):
                 check_event_type(fields, self.model)
             event_ms = fields.timestamp_ms
             if not now_ms - self._max_age_ms <= event_ms <= now_ms + self._max_future_ms:
@@ -294,6 +300,19 @@ class BatchScorer:
             # changelog, which another worker restores from, is not left behind the store.
             self._rewrite(batch, key, index, entry)
             return "duplicate"
+        if self._members is not None and fields.type not in self._rules:  # account.*
+            state = entry.state(key, contact) if entry is not None else None
+            result = self._members.account_event(value, state, entry.account if entry else None)
+            self._send_updates(out, result.sends)
+            if result.reject is not None:
+                self._dead_letter(out, record, result.reject[0], result.reject[1], now_ms)
+                return "dead_lettered"
+            if entry is not None and result.account != entry.account:
+                entry.account = result.account
+                entry.offsets[source] = record.offset
+                entry.last_index = index
+                batch.contacts[key] = entry
+            return "scored"
         seen = admit(
             entry.seen if entry is not None else EMPTY_SEEN,
             fields.event_id,
@@ -308,6 +327,10 @@ class BatchScorer:
             state, transitions = step(previous, fields, self._compiled)
             self._emit(batch, index, record, entry, (key, state, transitions))
             entry.seen = seen
+            if self._members is not None:
+                account, sends = self._members.member_event(fields, state, entry.account)
+                entry.account = account
+                self._send_updates(out, sends)
         elif not entry.known:  # a duplicate of nothing: cannot happen (the window is empty)
             return "duplicate"
         # all checks passed: commit the contact's new state to the batch cache
@@ -359,6 +382,8 @@ class BatchScorer:
             out.sends.append(OutboundRecord(self._erasure_topic, key, record.value, (), home))
             return
         stored = self._load(batch, key, index)
+        if stored is not None and self._members is not None and stored.account is not None:
+            self._send_updates(out, self._members.leave(request.key, stored.account[0], now_ms))
         if stored is not None:
             state = stored.state(key)
             for lifecycle, stage in stage_names(state, self._compiled).items():
@@ -381,6 +406,12 @@ class BatchScorer:
         batch.daily.erase(key, index)
         out.due_updates[key] = (record.partition, None)
         self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
+
+    @staticmethod
+    def _send_updates(out: BatchOutcome, sends: Sequence[tuple[str, bytes, bytes, int]]) -> None:
+        """Queue account updates (``(topic, key, value, partition)``)."""
+        for topic, key, value, partition in sends:
+            out.sends.append(OutboundRecord(topic, key, value, (), partition))
 
     def _rewrite(self, batch: _Batch, key: bytes, index: int, entry: _Entry) -> None:
         """Write a re-delivered contact's unchanged value and history again at the batch end."""
@@ -459,6 +490,7 @@ class BatchScorer:
         if raw is not None:
             stored = StoredContact.decode(raw, self._legacy_sources)
             entry = _Entry(stored.state_bytes, stored.offsets, stored.published_index, stored.seen)
+            entry.account = stored.account
         cache[key] = entry
         return entry
 
@@ -484,6 +516,7 @@ class _Entry:
         "_loaded_day",
         "_state",
         "_state_bytes",
+        "account",
         "daily",
         "last_index",
         "offsets",
@@ -508,6 +541,8 @@ class _Entry:
         self.daily = False
         self.passed: dict[int, ContactState] | None = None
         self._loaded_day: int | None = None  # the day of the stored state, once decoded
+        #: the contact's account and since when (docs/models.md#accounts), or None
+        self.account: tuple[str, int] | None = None
 
     @property
     def known(self) -> bool:
@@ -560,4 +595,6 @@ class _Entry:
         if state_bytes is None:
             assert self._state is not None
             state_bytes = self._state_bytes = encode_state(self._state)
-        return StoredContact(state_bytes, self.offsets, self.published_index, self.seen).encode()
+        return StoredContact(
+            state_bytes, self.offsets, self.published_index, self.seen, self.account
+        ).encode()

@@ -5,6 +5,11 @@ Layout (all integers little-endian / unsigned LEB128 varints)::
     version:u8=2  published_index:f32  n:u8  n x (source:u16, offset:varint)
     duplicate window (engagement_index.core.dedupe.encode_seen)  core-state bytes
 
+Version 3 (written only for a contact that belongs to an account) has, between the offsets
+and the duplicate window, the contact's account: ``length:varint`` UTF-8 bytes of the account
+id, then ``since:i64`` (the timestamp of the event or group call that made it a member;
+docs/models.md#accounts). :func:`account_of` reads it without decoding the rest.
+
 ``source`` is the 16-bit id of the topic (:func:`source_id`, a hash of its name, so the
 order of ``scoring_sources`` in the topology may change); ``offset`` is the last record offset
 of that topic applied to this contact. Because every source is co-partitioned, one contact
@@ -28,7 +33,10 @@ from engagement_index.errors import EngagementIndexError, StateDecodeError
 _HEAD = struct.Struct("<Bf B")
 _SOURCE = struct.Struct("<H")
 _SEEN_COUNT = struct.Struct("<I")
+_SINCE = struct.Struct("<q")
 VERSION = 2
+#: the version of a value that holds an account membership
+ACCOUNT_VERSION = 3
 
 
 class StoredStateError(EngagementIndexError):
@@ -67,19 +75,36 @@ def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
 def state_bytes_of(data: bytes, legacy_sources: Sequence[str] = ()) -> bytes:
     """The core-state bytes of a table value: :meth:`StoredContact.decode`'s ``state_bytes``,
     skipping the offsets and the duplicate window instead of decoding them."""
-    if len(data) < _HEAD.size or data[0] != VERSION:
+    if len(data) < _HEAD.size or data[0] not in (VERSION, ACCOUNT_VERSION):
         return StoredContact.decode(data, legacy_sources).state_bytes
+    pos = _skip_offsets(data)
+    if data[0] == ACCOUNT_VERSION:
+        size, pos = _get_varint(data, pos)
+        pos += size + _SINCE.size
+    (n,) = _SEEN_COUNT.unpack_from(data, pos)
+    end = pos + _SEEN_COUNT.size + n * (DIGEST_BYTES + 8)
+    if end > len(data):
+        raise StoredStateError("truncated duplicate window")
+    return data[end:]
+
+
+def _skip_offsets(data: bytes) -> int:
     pos = _HEAD.size
     for _ in range(data[_HEAD.size - 1]):
         pos += _SOURCE.size
         while data[pos] & 0x80:
             pos += 1
         pos += 1
-    (n,) = _SEEN_COUNT.unpack_from(data, pos)
-    end = pos + _SEEN_COUNT.size + n * (DIGEST_BYTES + 8)
-    if end > len(data):
-        raise StoredStateError("truncated duplicate window")
-    return data[end:]
+    return pos
+
+
+def account_of(data: bytes) -> str | None:
+    """The account a contact's table value says it belongs to (None: none), read without
+    decoding the rest of the value."""
+    if len(data) < _HEAD.size or data[0] != ACCOUNT_VERSION:
+        return None
+    size, pos = _get_varint(data, _skip_offsets(data))
+    return data[pos : pos + size].decode("utf-8", "surrogatepass")
 
 
 @dataclass(slots=True)
@@ -91,13 +116,21 @@ class StoredContact:
     offsets: dict[int, int] = field(default_factory=dict)
     published_index: float = float("nan")
     seen: SeenIds = EMPTY
+    #: the contact's account and since when (the event's timestamp), or None
+    account: tuple[str, int] | None = None
 
     def encode(self) -> bytes:
         """Serialise for the table."""
-        out = bytearray(_HEAD.pack(VERSION, self.published_index, len(self.offsets)))
+        version = VERSION if self.account is None else ACCOUNT_VERSION
+        out = bytearray(_HEAD.pack(version, self.published_index, len(self.offsets)))
         for source, offset in sorted(self.offsets.items()):
             out += _SOURCE.pack(source)
             _put_varint(out, offset)
+        if self.account is not None:
+            account = self.account[0].encode("utf-8", "surrogatepass")
+            _put_varint(out, len(account))
+            out += account
+            out += _SINCE.pack(self.account[1])
         out += encode_seen(self.seen)
         out += self.state_bytes
         return bytes(out)
@@ -108,7 +141,7 @@ class StoredContact:
         if len(data) < _HEAD.size:
             raise StoredStateError("stored value too short")
         version, published, count = _HEAD.unpack_from(data, 0)
-        if version not in (1, VERSION):
+        if version not in (1, VERSION, ACCOUNT_VERSION):
             raise StoredStateError(f"unknown stored value version {version}")
         pos = _HEAD.size
         offsets: dict[int, int] = {}
@@ -127,10 +160,25 @@ class StoredContact:
                 pos += _SOURCE.size
             offset, pos = _get_varint(data, pos)
             offsets[source] = offset
+        account = None
+        if version == ACCOUNT_VERSION:
+            size, pos = _get_varint(data, pos)
+            if pos + size + _SINCE.size > len(data):
+                raise StoredStateError("truncated account")
+            name = data[pos : pos + size].decode("utf-8", "surrogatepass")
+            (since,) = _SINCE.unpack_from(data, pos + size)
+            pos += size + _SINCE.size
+            account = (name, since)
         seen = EMPTY
-        if version == VERSION:
+        if version in (VERSION, ACCOUNT_VERSION):
             try:
                 seen, pos = decode_seen(data, pos)
             except StateDecodeError as exc:
                 raise StoredStateError(str(exc)) from None
-        return cls(state_bytes=data[pos:], offsets=offsets, published_index=published, seen=seen)
+        return cls(
+            state_bytes=data[pos:],
+            offsets=offsets,
+            published_index=published,
+            seen=seen,
+            account=account,
+        )

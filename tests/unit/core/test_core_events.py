@@ -60,7 +60,7 @@ def test_parse_good_event() -> None:
     assert event.properties == {"campaign_id": "x"}
     assert event == CanonicalEvent.model_validate(GOOD)
     fields = parse_event_fields(json.dumps(GOOD))
-    assert fields == ("5b1f", "acme", "c-42", "email.click", 1_793_527_200_000)
+    assert fields == ("5b1f", "acme", "c-42", "email.click", 1_793_527_200_000, "acct-7")
 
 
 def test_defaults_and_optional_fields() -> None:
