@@ -46,6 +46,8 @@ def test_check_detects_drift(tmp_path: Path) -> None:
         "scoring-model.json",
         "erasure-request.json",
         "erasure.json",
+        "account-transition.json",
+        "account.json",
         "examples/erasure-request.json",
         "examples/erasure.json",
         "examples/canonical-event.json",

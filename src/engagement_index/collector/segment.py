@@ -1,4 +1,5 @@
-"""Segment spec calls -> canonical events (track/page/screen) or identity records.
+"""Segment spec calls -> canonical events (track/page/screen; group: `account.group`) or identity
+records (identify, alias).
 
 The mapping of ``track`` event names to canonical types is data: ``config/collector/
 segment-events.yaml``, validated by :class:`EventMap`. Names are matched case-insensitively
@@ -33,6 +34,7 @@ from pydantic_core import to_json
 
 from engagement_index.collector.errors import invalid, message_of
 from engagement_index.collector.models import IdentityRecord, SegmentMessage
+from engagement_index.core.accounts import GROUP_TYPE
 from engagement_index.core.events import CanonicalEvent, ContactKey
 from engagement_index.core.model import EVENT_TYPE_PATTERN
 from engagement_index.core.timestamps import parse_rfc3339
@@ -261,7 +263,10 @@ def map_message(
     event_id = msg.messageId or derived_id("seg", tenant, raw)
     timestamp = event_time(msg, batch_sent_at, received, where)
     try:
-        if call in ("identify", "alias", "group"):
+        if call == "group":
+            origin = (event_id, timestamp, where)
+            return _group(msg, tenant, contact, origin, event_map.custom_channel)
+        if call in ("identify", "alias"):
             return _identity(call, msg, tenant, contact, event_id, timestamp, where)
         if call == "track":
             if msg.event is None:
@@ -296,8 +301,33 @@ def map_message(
     return Outgoing(channel, ContactKey(tenant, contact).encode(), encode_event(event))
 
 
+def _group(
+    msg: SegmentMessage,
+    tenant: str,
+    contact: str,
+    origin: tuple[str, datetime, str],
+    channel: str,
+) -> Outgoing:
+    """A group call: the canonical event ``account.group`` (the contact joins the account
+    ``groupId``; its traits, e.g. ``licences``, are the event's properties), on the custom
+    channel's topic (docs/collector.md#group-account-membership)."""
+    event_id, timestamp, where = origin
+    if msg.groupId is None:
+        raise invalid(f"{where}groupId", "group needs a groupId")
+    event = CanonicalEvent(
+        event_id=event_id,
+        tenant=tenant,
+        contact_id=contact,
+        type=GROUP_TYPE,
+        timestamp=timestamp,
+        account_id=msg.groupId,
+        properties=msg.traits or None,
+    )
+    return Outgoing(channel, ContactKey(tenant, contact).encode(), encode_event(event))
+
+
 def _identity(
-    call: Literal["identify", "alias", "group"],
+    call: Literal["identify", "alias"],
     msg: SegmentMessage,
     tenant: str,
     contact: str,
@@ -310,8 +340,6 @@ def _identity(
             raise invalid(f"{where}userId", "alias needs userId and previousId")
         if msg.previousId is None:
             raise invalid(f"{where}previousId", "alias needs userId and previousId")
-    if call == "group" and msg.groupId is None:
-        raise invalid(f"{where}groupId", "group needs a groupId")
     record = IdentityRecord(
         kind=call,
         event_id=event_id,
@@ -319,7 +347,6 @@ def _identity(
         contact_id=contact,
         anonymous_id=msg.anonymousId if call == "identify" and msg.userId else None,
         previous_id=msg.previousId if call == "alias" else None,
-        account_id=msg.groupId if call == "group" else None,
         timestamp=timestamp,
         traits=_traits(call, msg),
     )

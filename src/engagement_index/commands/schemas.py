@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engagement_index.collector import schemas as collector_schemas
+from engagement_index.core.accounts import AccountSnapshot, AccountTransition
 from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import CanonicalEvent
 from engagement_index.core.model import PACKAGED_MODEL_PATH, ScoringModel, load_model
@@ -51,6 +52,14 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
     "erasure": (
         Erasure,
         "A contact's state was erased (the erasures topic's record value, keyed by contact).",
+    ),
+    "account-transition": (
+        AccountTransition,
+        "A stage transition of an account (the account-changes topic's record value).",
+    ),
+    "account": (
+        AccountSnapshot,
+        "An account's state (GET /v1/accounts/{tenant}/{account_id}).",
     ),
 }
 

@@ -154,10 +154,33 @@ def test_identify_traits_are_read_from_context_traits_too() -> None:
             "context": {"traits": {"plan": "pro"}},
         }
     )
-    assert "traits" not in group
+    assert "properties" not in group
 
 
-def test_identify_alias_group_go_to_the_identity_topic() -> None:
+def test_a_group_call_is_an_account_group_event_with_the_group_traits() -> None:
+    channel, event = mapped(
+        {
+            "type": "group",
+            "userId": "u",
+            "groupId": 7,
+            "messageId": "m",
+            "timestamp": "2026-11-01T10:00:00Z",
+            "traits": {"licences": 10, "plan": "pro"},
+        }
+    )
+    assert channel == EVENT_MAP.custom_channel
+    assert event == {
+        "event_id": "m",
+        "tenant": "acme",
+        "contact_id": "u",
+        "type": "account.group",
+        "timestamp": "2026-11-01T10:00:00Z",
+        "account_id": "7",
+        "properties": {"licences": 10, "plan": "pro"},
+    }
+
+
+def test_identify_and_alias_go_to_the_identity_topic() -> None:
     channel, record = mapped(
         {"type": "identify", "userId": "u", "anonymousId": "a", "messageId": "m", "traits": {}}
     )
@@ -165,8 +188,6 @@ def test_identify_alias_group_go_to_the_identity_topic() -> None:
     assert (record["kind"], record["contact_id"], record["anonymous_id"]) == ("identify", "u", "a")
     _, alias = mapped({"type": "alias", "userId": "u", "previousId": "a", "messageId": "m"})
     assert (alias["kind"], alias["previous_id"]) == ("alias", "a")
-    _, group = mapped({"type": "group", "userId": "u", "groupId": 7, "messageId": "m"})
-    assert (group["kind"], group["account_id"]) == ("group", "7")
 
 
 @pytest.mark.parametrize(
