@@ -291,7 +291,8 @@ def level_of(acc: CompiledAccounts, book: _Book, source: int, at_ms: int) -> flo
     if kind == MAX:
         return max(indices, default=0.0)
     if kind == SHARE:
-        return 100.0 * sum(1 for x in indices if x >= level) / n
+        without_state = n - len(indices) if level <= 0.0 else 0  # they count 0
+        return 100.0 * (sum(1 for x in indices if x >= level) + without_state) / n
     top = heapq.nlargest(k, indices)
     return sum(top) / min(k, n)
 

@@ -417,6 +417,10 @@ class ScoringModel(_Strict):
                         raise ValueError(f"{where}.{key}: unknown marker {marker!r}")
             if set(rule.sets) & set(rule.clears):
                 raise ValueError(f"{where}: an event cannot set and clear the same marker")
+        if self.accounts is not None:
+            for event_type in self.events:
+                if event_type.startswith("account."):
+                    raise ValueError(f"events.{event_type}: the account channel is not scored")
         if self.halves is not None:
             for half_name in ("pre_purchase", "post_purchase"):
                 half: Half = getattr(self.halves, half_name)
