@@ -125,6 +125,11 @@ def test_states_and_updates_round_trip_through_their_bytes() -> None:
     for name in ("a", "b", "ü-ç"):
         state, _ = apply(state, _member(name, 2, NOW), acc)
     assert state is not None
+    state, _ = apply(
+        state, AccountUpdate(LICENCES, TENANT, ACCOUNT, NOW + 7, "l", licences=12), acc
+    )
+    assert state is not None
+    assert (state.licences, state.licences_ms) == (12, NOW + 7)
     raw = encode_account(state)
     assert decode_account(raw, ContactKey(TENANT, ACCOUNT)) == state
     update = _member("b", 2, NOW)
@@ -197,3 +202,57 @@ def test_a_model_may_not_score_the_account_channel() -> None:
     raw["events"]["account.login"] = {"component": "web", "points": 1}
     with pytest.raises(ModelError, match="account channel"):
         parse_model(raw)
+
+
+SWITCHING = """
+format: 2
+version: "switch-1"
+components:
+  p: {half_life: 30d, saturation: 10}
+  q: {half_life: 30d, saturation: 10}
+events:
+  x.p: {component: p, points: 1}
+  x.q: {component: q, points: 30}
+indices:
+  on_p: {p: 1.0}
+  on_q: {q: 1.0}
+lifecycles:
+  stage:
+    stages: {early: {index: on_p}, later: {index: on_q}}
+    initial: [{stage: early}]
+    edges: [{id: aged, from: early, to: later, when: {in_stage_for: 1d}}]
+accounts:
+  active_within: 30d
+  indices:
+    best: {aggregate: max}
+  lifecycles:
+    level:
+      stages: {low: {}, high: {}}
+      initial: [{stage: high, when: {index: best, at_least: 50}}, {stage: low}]
+      edges:
+        - {id: up, from: low, to: high, when: {index: best, at_least: 50}}
+        - {id: down, from: high, to: low, when: {index: best, below: 40}}
+"""
+
+
+def test_a_member_switching_weighting_by_time_moves_the_account_at_that_time() -> None:
+    """The member's index weighting changes at its own due time (early -> later after 1 day,
+    from its p score, 9, to its q score, 75): the account, whose levels otherwise only
+    fall, is evaluated there and goes high at that millisecond."""
+    import yaml
+
+    model = parse_model(yaml.safe_load(SWITCHING))
+    replayer = Replayer(model)
+    for n, etype in enumerate(("x.p", "x.q")):
+        replayer.feed(
+            f'{{"event_id": "e{n}", "tenant": "acme", "contact_id": "m", "type": "{etype}", '
+            f'"timestamp": "{snapshot_time(NOW + n)}", "account_id": "{ACCOUNT}"}}'
+        )
+    replayer.finish(NOW + 3 * 86_400_000)
+    moves = [
+        (t.from_stage, t.to_stage, t.reason, t.occurred_at) for t in replayer.account_transitions
+    ]
+    assert moves == [
+        (None, "low", "first_seen", snapshot_time(NOW)),
+        ("low", "high", "threshold", snapshot_time(NOW + 86_400_000)),
+    ]
