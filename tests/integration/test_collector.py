@@ -395,6 +395,7 @@ def test_segment_sdk_identify_track_page(env: Env) -> None:
     client.track(anonymous_id="anon-2", event="Email Link Clicked")
     client.page("user-1", "Docs", "Pricing", {"url": "https://example.test/pricing"})
     client.alias("anon-1", "user-1")
+    client.group("user-1", "acct-9", {"licences": 10})
     client.flush()
     client.join()
     assert errors == []
@@ -407,7 +408,14 @@ def test_segment_sdk_identify_track_page(env: Env) -> None:
     assert commerce[0]["properties"]["revenue"] == 42
     assert commerce[0]["_key"] == b"seg\x1fuser-1"
     web = sorted((e["type"], e["contact_id"]) for e in found["web"])
-    assert web == [("custom.signed_up", "user-1"), ("web.page_view", "user-1")]
+    assert web == [
+        ("account.group", "user-1"),
+        ("custom.signed_up", "user-1"),
+        ("web.page_view", "user-1"),
+    ]
+    # a group call is the account.group event: the contact joins the account (its licences)
+    group = next(e for e in found["web"] if e["type"] == "account.group")
+    assert (group["account_id"], group["properties"]) == ("acct-9", {"licences": 10})
     assert [(e["type"], e["contact_id"]) for e in found["email"]] == [("email.click", "anon-2")]
     identities = sorted((r["kind"], r["contact_id"]) for r in found["identity"])
     assert identities == [("alias", "user-1"), ("identify", "user-1")]
