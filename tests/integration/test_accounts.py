@@ -58,7 +58,9 @@ def test_an_account_of_twenty_members_with_ten_licences(
     def members(n: int) -> Callable[[], bool]:
         def check() -> bool:
             status, body = worker.get(path)
-            return status == 200 and body["members"] == n and body["active_users"] >= min(n, 6)
+            return bool(
+                status == 200 and body["members"] == n and body["active_users"] >= min(n, 6)
+            )
 
         return check
 
@@ -122,7 +124,7 @@ def test_an_account_of_twenty_members_with_ten_licences(
         for r in env.consume_all(env.topology.internal.account_updates.name)
         if r.partition == partition and r.key == key
     ]
-    order = {}
+    order: dict[str | None, int] = {}
     for record in sorted(updates, key=lambda r: r.offset):
         order.setdefault(decode_update(record.value).cause, len(order))
     lines = sorted(case.events, key=lambda line: order[json.loads(line)["event_id"]])
