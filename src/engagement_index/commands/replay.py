@@ -115,6 +115,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="days between two points of --daily-out, like 1d (default) or 7d",
     )
     parser.add_argument(
+        "--account-changes-out",
+        metavar="FILE",
+        type=Path,
+        help="write the account transitions (docs/models.md#accounts) as JSON lines here",
+    )
+    parser.add_argument(
+        "--accounts-out",
+        metavar="FILE",
+        type=Path,
+        help="write one JSON line per account, evaluated at the horizon",
+    )
+    parser.add_argument(
         "--rejects-out",
         metavar="FILE",
         type=Path,
@@ -291,6 +303,16 @@ def run(args: argparse.Namespace) -> int:
             daily_out = (
                 DailyWriter(args.daily_out, model.compiled) if args.daily_out is not None else None
             )
+            account_changes_out = (
+                stack.enter_context(open(args.account_changes_out, "wb"))
+                if args.account_changes_out is not None
+                else None
+            )
+            accounts_out = (
+                stack.enter_context(open(args.accounts_out, "wb"))
+                if args.accounts_out is not None
+                else None
+            )
         except OSError as exc:
             print(f"engagement-index replay: cannot open: {exc}", file=sys.stderr)
             return 2
@@ -349,4 +371,10 @@ def run(args: argparse.Namespace) -> int:
         if states_out is not None:
             for snapshot in replayer.snapshots():
                 states_out.write(snapshot.to_json_bytes() + b"\n")
+        if account_changes_out is not None:
+            for change in replayer.account_transitions:
+                account_changes_out.write(change.to_json_bytes() + b"\n")
+        if accounts_out is not None:
+            for account in replayer.account_snapshots():
+                accounts_out.write(account.to_json_bytes() + b"\n")
     return 0

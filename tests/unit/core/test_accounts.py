@@ -256,3 +256,35 @@ def test_a_member_switching_weighting_by_time_moves_the_account_at_that_time() -
         (None, "low", "first_seen", snapshot_time(NOW)),
         ("low", "high", "threshold", snapshot_time(NOW + 86_400_000)),
     ]
+
+
+def test_the_replay_command_writes_the_account_changes_and_the_accounts(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from engagement_index.core.timestamps import ms_to_rfc3339
+
+    case = scenario(NOW)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(case.events) + b"\n")
+    changes, accounts = tmp_path / "changes.jsonl", tmp_path / "accounts.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "engagement_index.cli", "replay", str(events), "--model", str(B2B),
+         "--until", ms_to_rfc3339(case.quiet_at), "--account-changes-out", str(changes),
+         "--accounts-out", str(accounts)],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    replayer = Replayer(load_model(B2B), until_ms=case.quiet_at)
+    for line in case.events:
+        replayer.feed(line)
+    replayer.finish()
+    lines = changes.read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        t.model_dump(mode="json") for t in replayer.account_transitions
+    ]
+    assert json.loads(lines[-1])["to_stage"] == "at_risk"
+    (account,) = [json.loads(x) for x in accounts.read_text().splitlines()]
+    assert (account["account_id"], account["members"], account["active_users"]) == (ACCOUNT, 20, 5)
+    assert account["lifecycles"]["health"]["stage"] == "at_risk"
