@@ -25,6 +25,7 @@ from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.timestamps import ms_to_rfc3339, parse_timestamp_ms
 from engagement_index.replay import Replayer
 from tests.account_scenario import ACCOUNT, TENANT, scenario
+from tests.integration.test_erasure import erase
 from tests.integration.test_worker_faults import wait_until
 from tests.reference.accounts import AccountReference
 
@@ -142,3 +143,8 @@ def test_an_account_of_twenty_members_with_ten_licences(
         assert got["index"] == pytest.approx(want["index"], abs=1e-6)
         for name in ("from_stage", "to_stage", "reason", "occurred_at", "members", "licences"):
             assert got[name] == want[name], (name, got, want)
+
+    # an erased member leaves its account
+    done = erase(env, "c-19")
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: worker.get(path)[1]["members"] == 19, 60, "the erased member to leave")

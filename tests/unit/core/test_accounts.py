@@ -77,6 +77,12 @@ def test_twenty_members_and_ten_licences_match_the_hand_computation() -> None:
     assert last.components["utilisation"] == 50.0
     after = evaluate_account(replayer.accounts[(TENANT, ACCOUNT)], case.quiet_at + 1, acc)
     assert after.lifecycles["health"]["stage"] == "at_risk"
+    # 14 days on, the champions' last events (an hour before NOW) are 14 days old: nobody is
+    # active, though their states moved on since (their band changes came later)
+    later = NOW + 14 * 86_400_000
+    gone = evaluate_account(replayer.accounts[(TENANT, ACCOUNT)], later, acc)
+    assert (gone.active_users, gone.indices["utilisation"]) == (0, 0.0)
+    assert reference.levels(TENANT, ACCOUNT, later)["active_users"] == 0
 
 
 def snapshot_time(ms: int) -> str:
