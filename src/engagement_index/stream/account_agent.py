@@ -42,6 +42,7 @@ from engagement_index.core.events import ContactKey, FailureType
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import BatchWriteError, StateDecodeError
+from engagement_index.metrics import Metrics
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.scoring import (
     MAX_ERROR_CHARS,
@@ -51,6 +52,7 @@ from engagement_index.stream.scoring import (
     encode_tick,
 )
 from engagement_index.stream.transaction import TableTransaction
+from engagement_index.topology import Topology
 
 if TYPE_CHECKING:
     from engagement_index.stream.app import Worker
@@ -73,10 +75,15 @@ class AccountOutcome:
 class AccountScorer:
     """Applies the account core to batches of account records (no Faust, no Kafka)."""
 
-    def __init__(self, acc: CompiledAccounts, worker: Worker, clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        acc: CompiledAccounts,
+        topology: Topology,
+        metrics: Metrics,
+        clock_ms: Callable[[], int],
+    ) -> None:
         self.acc = acc
-        topology = worker.topology
-        self.metrics = worker.metrics
+        self.metrics = metrics
         self.clock_ms = clock_ms
         self._ticks = topology.internal.account_ticks.name
         self._changes = topology.outbound.account_changes.name
@@ -205,7 +212,7 @@ class AccountAgent:
             value_serializer="raw",
             partitions=partitions,
         )
-        self.scorer = AccountScorer(acc, worker, worker.clock_ms)
+        self.scorer = AccountScorer(acc, topology, worker.metrics, worker.clock_ms)
         self.due = DueIndex()
         self.recovered = False
         self.table.on_recover(self._rebuild_due_index)
