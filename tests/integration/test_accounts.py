@@ -35,6 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 B2B = (ROOT / "config" / "models" / "b2b-qualification.yaml").read_text()
 
 
+def worker_lifecycles(body: dict[str, Any]) -> dict[str, Any]:
+    """An API answer's stages and since when (without the time in stage, which runs on)."""
+    return {
+        name: {k: v for k, v in s.items() if k != "in_stage_ms"}
+        for name, s in body["lifecycles"].items()
+    }
+
+
 def _publish(env: Any, lines: list[bytes]) -> None:
     producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=5)
     for line in lines:
@@ -148,3 +156,14 @@ def test_an_account_of_twenty_members_with_ten_licences(
     done = erase(env, "c-19")
     assert done.returncode == 0, done.stderr
     wait_until(lambda: worker.get(path)[1]["members"] == 19, 60, "the erased member to leave")
+    body = worker.get(path)[1]
+
+    # a new worker without the data folder restores the account from its changelog
+    worker.stop()
+    second = env.worker("w2")
+    second.start(timeout=120)
+    status, restored = second.get(path)
+    assert status == 200, restored
+    assert (restored["members"], restored["licences"]) == (19, 10)
+    assert worker_lifecycles(restored) == worker_lifecycles(body)
+    assert restored["lifecycles"]["health"]["stage"] == "at_risk"
