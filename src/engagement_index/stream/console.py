@@ -249,7 +249,7 @@ class StageFeed:
                 queue.put_nowait(message)
 
     async def _run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         attempt = 0
         log.info("console: starting the stage-change feed")
@@ -264,15 +264,15 @@ class StageFeed:
                     **aiokafka_options(settings),
                 )
                 await consumer.start()
-                partitions = None
-                while not partitions:
-                    # the consumer's own metadata lists only the topics it subscribed to
-                    metadata = await consumer._client.fetch_all_metadata()
-                    partitions = metadata.partitions_for_topic(self.topic)
-                    if not partitions:
-                        await asyncio.sleep(1.0)
-                tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-                consumer.assign(tps)
+                # without a group, a subscription is assigned every partition of the topic
+                consumer.subscribe([self.topic])
+                for _ in range(600):  # the topic's metadata, within a minute (else restart)
+                    if consumer.assignment():
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise TimeoutError(f"no partitions of {self.topic} assigned")
+                tps = sorted(consumer.assignment())
                 start = self.clock_ms() - WINDOW_MINUTES * MINUTE_MS
                 offsets = await consumer.offsets_for_times(dict.fromkeys(tps, start))
                 ends = await consumer.end_offsets(tps)
@@ -295,7 +295,7 @@ class StageFeed:
                     batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
                     for tp, records in batches.items():
                         for record in records:
-                            self.handle(record.value, record.offset >= ends[tp])
+                            self.handle(record.value, record.offset >= ends.get(tp, 0))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -30,7 +30,7 @@ function setAttrs(el, attrs) {
   }
 }
 function append(el, children) {
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -514,14 +514,14 @@ function renderCard(c, history) {
         componentTable(components, c)),
       h("section", { class: "panel", "aria-labelledby": "lc-title" },
         h("h2", { id: "lc-title" }, "Stages of every lifecycle"),
-        h("table", { id: "lifecycles" },
+        h("div", { class: "scroll" }, h("table", { id: "lifecycles" },
           h("thead", {}, h("tr", {}, ["lifecycle", "stage", "since", "for"].map((t) => h("th", { scope: "col" }, t)))),
           h("tbody", {}, m.lifecycles.map((lc) => {
             const st = c.lifecycles[lc.name];
             return h("tr", {}, h("th", { scope: "row" }, lc.name + (lc === first ? " (dial)" : "")),
               h("td", {}, st ? st.stage : "–"), h("td", {}, st ? when(st.entered_at) : "–"),
               h("td", {}, st ? ago(st.in_stage_ms) : "–"));
-          }))),
+          })))),
         others.length ? null : h("p", { class: "muted" }, "The model has one lifecycle."))),
     h("section", { class: "panel", style: "margin-top:16px", "aria-labelledby": "hist-title" },
       h("h2", { id: "hist-title" }, "Score history"), historyChart(c, history)),
@@ -542,8 +542,8 @@ function componentTable(components, c) {
     h("tbody", {}, components.map((x) => h("tr", {},
       h("th", { scope: "row" }, x.name),
       h("td", { class: "num" }, fmt(x.score)),
-      h("td", { "aria-hidden": "true" }, h("span", { class: "bar", style: `width:${Math.max(1, x.score)}px` }),
-        h("br"), h("span", { class: "bar w", style: `width:${Math.max(1, 100 * x.weight)}px` })),
+      h("td", { "aria-hidden": "true" }, h("span", { class: "bar", style: `width:${Math.max(1, 0.7 * x.score)}px` }),
+        h("br"), h("span", { class: "bar w", style: `width:${Math.max(1, 70 * x.weight)}px` })),
       h("td", { class: "num" }, fmt(x.weight, 2)),
       h("td", { class: "num" }, fmt(x.weight * x.score)))))),
   h("p", { class: "muted" }, "Blue: the component's score (0–100); orange: its weight in the index."));
@@ -636,7 +636,7 @@ function historyChart(c, history) {
     .map((t) => ({ t: Date.parse(t.occurred_at), v: t.index, kind: "transition", label: `${t.from_stage || "(new)"} → ${t.to_stage}` }));
   const now = { t: Date.parse(c.evaluated_at), v: c.index, kind: "now" };
   const all = [...pts, ...trans, now].sort((a, b) => a.t - b.t);
-  const W = 640, H = 200, L = 34, B = 24;
+  const W = 900, H = 220, L = 34, B = 24;
   const t0 = all[0].t, t1 = Math.max(all[all.length - 1].t, t0 + 1);
   const x = (t) => L + ((W - L - 8) * (t - t0)) / (t1 - t0);
   const y = (v) => 8 + (H - B - 8) * (1 - v / 100);
