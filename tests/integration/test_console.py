@@ -189,6 +189,12 @@ def test_sign_in_overview_and_a_number_to_its_list(browser: Any, site: Site) -> 
     assert page.locator("table[data-flows=stage]").inner_text().count("4") >= 1
     page.wait_for_selector("#live.on")
     page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    # a phone: one column, nothing wider than the screen
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    page.screenshot(path=str(SHOTS / "overview-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     page.locator("table[data-lifecycle=stage] a", has_text="4").first.click()
     page.wait_for_selector("#contact-list")
