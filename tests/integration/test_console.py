@@ -221,16 +221,23 @@ def test_the_list_filters_sorts_and_pages(browser: Any, site: Site) -> None:
     page.goto(f"{site.worker.url}/console#/contacts?sort=-index&limit=25")
     page.wait_for_selector("#contact-list")
     page.select_option("select[name=limit]", "25")
+    page.select_option("select[name='lc:stage']", "purchase")
     page.fill("input[name=min_index]", "1")
     page.select_option("select[name=sort]", "-index")
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**min_index=1**")
-    expect(page.locator("#contact-list caption")).to_be_visible()
-    api = site.api("/v1/tenants/acme/contacts?min_index=1&sort=-index&limit=25")
+    expect(page.locator("#contact-list caption")).to_contain_text("4 contacts on this page")
+    unlabelled = page.evaluate(
+        "() => [...document.querySelectorAll('input, select')]"
+        ".filter((el) => !el.closest('label')).length"
+    )
+    assert unlabelled == 0
+    api = site.api("/v1/tenants/acme/contacts?stage=purchase&min_index=1&sort=-index&limit=25")
     listed = page.locator("#contact-list tbody tr td:first-child").all_inner_texts()
     assert listed == [item["contact_id"] for item in api["items"]]
     # paging: 3 per page through the 10 contacts, each once
     page.goto(f"{site.worker.url}/console#/contacts?limit=3")
+    expect(page.locator("#contact-list caption")).to_contain_text("3 contacts on this page")
     seen: list[str] = []
     for _ in range(4):
         first = page.locator("#contact-list tbody tr td:first-child").first
@@ -277,6 +284,15 @@ def test_contact_card_and_a_stage_change_arriving_live(browser: Any, site: Site)
     assert page.locator("#history-chart circle").count() >= len(history["points"])
     assert "first_seen" in page.locator("#transitions").inner_text()
     page.wait_for_selector("#live.on")
+    # every chart is an image with a title and a description; every control has a label
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('svg[role=img]')].filter((svg) => {
+              const ids = (svg.getAttribute('aria-labelledby') || '').split(' ');
+              return ids.length < 2 || ids.some((id) => !document.getElementById(id)?.textContent);
+           }).length"""
+    )
+    assert unlabelled == 0
+    assert page.locator("svg[role=img]").count() == 2  # the dial and the history
     page.evaluate("window.__notReloaded = true")
 
     overview = open_page(browser, site)

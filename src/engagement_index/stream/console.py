@@ -387,8 +387,8 @@ class Console:
                 if not message:
                     break  # the worker stops
                 await response.write(message)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the page went away
         finally:
             feed.unsubscribe(tenant, queue)
         return response
