@@ -421,7 +421,9 @@ async function contacts() {
     location.hash = `#/contacts?${q}`;
   });
   const exportBtn = h("button", { type: "button", id: "export" }, "Export CSV (whole segment)");
-  exportBtn.addEventListener("click", () => exportCsv(apiParams, status));
+  exportBtn.addEventListener("click", () => exportCsv(apiParams, status).catch((e) => {
+    status.textContent = `Export failed: ${e.status === 503 ? "the workers are rebalancing, try again" : e.message}`;
+  }));
   show(h("h1", { tabindex: "-1" }, "Contacts"), form,
     h("div", { class: "scroll" }, table),
     h("div", { class: "pager" }, prev, next, exportBtn, status));
