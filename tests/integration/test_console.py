@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -188,7 +189,7 @@ def test_sign_in_overview_and_a_number_to_its_list(browser: Any, site: Site) -> 
     # flows of the last 24 h: first entries into the stages
     assert page.locator("table[data-flows=stage]").inner_text().count("4") >= 1
     page.wait_for_selector("#live.on")
-    page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "overview-signed-in.png"), full_page=True)
     # a phone: one column, nothing wider than the screen
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(300)
@@ -313,6 +314,9 @@ def test_contact_card_and_a_stage_change_arriving_live(browser: Any, site: Site)
     overview.wait_for_selector("#feed li:has-text('c-04')", timeout=30_000)
     retention = overview.locator("table[data-lifecycle=stage] tbody tr", has_text="retention")
     expect(retention.locator("td.num")).to_have_text("3", timeout=30_000)
+    caption = overview.locator("#rate-chart figcaption")
+    expect(caption).not_to_have_text(re.compile(r"^0 in the last hour"))
+    overview.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
     rates = site.api("/v1/tenants/acme/transitions/per-minute")
     assert sum(m["count"] for m in rates["minutes"]) >= 1
     # a phone: nothing wider than the screen

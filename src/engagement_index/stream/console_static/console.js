@@ -234,7 +234,7 @@ async function overview() {
     h("p", { class: "muted" }, t24.complete ? "Complete for the window." :
       `Counted since ${when(t24.counting_since)} (a worker restarted or a partition moved within the window).`,
       " A number links to the contacts now in the stage the flow leads to."),
-    h("div", { class: "grid" }, flowPanels),
+    h("div", { class: "grid wide" }, flowPanels),
     h("div", { class: "grid", style: "margin-top:16px" },
       h("section", { class: "panel", "aria-labelledby": "rate-title" },
         h("h2", { id: "rate-title" }, "Transitions per minute (last hour)"),
