@@ -358,4 +358,6 @@ def test_a_token_for_another_tenant_sees_nothing(browser: Any, site: Site) -> No
         assert refused.value.code == 404, path
     status, _ = site.worker.get("/v1/tenants/acme/model", token=None)
     assert status == 401
+    status, _ = site.worker.get("/v1/tenants/no%20such/model")  # a token for every tenant
+    assert status == 400
     page.context.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from aiohttp import web as aioweb
 from faust.web import Request, Response, View
 
 from engagement_index.core.compiled import ALL, ANY, CONTACT, LEVEL, Cond
+from engagement_index.core.events import TENANT_PATTERN
 from engagement_index.core.model import ScoringModel
 from engagement_index.core.timestamps import ms_to_rfc3339, parse_timestamp_ms
 from engagement_index.kafka_security import aiokafka_options
@@ -66,6 +68,7 @@ KEEPALIVE_SECONDS = 15.0
 STREAM_SECONDS = 300.0
 SUBSCRIBER_QUEUE = 1000
 _JSON = "application/json"
+_TENANT = re.compile(TENANT_PATTERN)
 _CHALLENGE = 'Bearer realm="engagement-index"'
 
 
@@ -322,19 +325,20 @@ class Console:
         return view.bytes(orjson.dumps(body), content_type=_JSON, status=status, headers=headers)
 
     def _denied(self, view: View, request: Request, tenant: str) -> Response | None:
-        """401 without a valid token, 404 for a tenant the token may not read (the segment
-        API's answers); None if the request may go on."""
+        """401 without a valid token, 404 for a tenant the token may not read, 400 for a
+        malformed tenant (the segment API's answers); None if the request may go on."""
         auth = self.worker.auth
-        if auth is None:
-            return None
-        try:
-            tenants = auth.tenants(request.headers.get("Authorization"))
-        except Unauthorized as exc:
-            self.worker.metrics.api_auth_failures.inc()
-            body = {"error": "unauthorized", "message": exc.message}
-            return self._respond(view, body, 401, **{"WWW-Authenticate": _CHALLENGE})
-        if not TokenAuth.may_read(tenants, tenant):
-            return self._respond(view, {"error": "tenant not found", "tenant": tenant}, 404)
+        if auth is not None:
+            try:
+                tenants = auth.tenants(request.headers.get("Authorization"))
+            except Unauthorized as exc:
+                self.worker.metrics.api_auth_failures.inc()
+                body = {"error": "unauthorized", "message": exc.message}
+                return self._respond(view, body, 401, **{"WWW-Authenticate": _CHALLENGE})
+            if not TokenAuth.may_read(tenants, tenant):
+                return self._respond(view, {"error": "tenant not found", "tenant": tenant}, 404)
+        if not _TENANT.fullmatch(tenant):
+            return self._respond(view, {"error": "invalid tenant", "tenant": tenant}, 400)
         return None
 
     def page(self, view: View, name: str) -> Any:
