@@ -35,16 +35,16 @@ install_helm() {
     command -v go >/dev/null || die "go is required to build helm (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
     say "building helm $HELM_VERSION with go install (first time only, takes a few minutes)"
     local start=$SECONDS
-    # Module and build caches stay inside the ignored .cache folder; -modcacherw keeps them
-    # deletable with a plain rm -rf.
-    GOBIN="$BIN" GOPATH="$TOOLS/go" GOCACHE="$TOOLS/go-build" GOFLAGS=-modcacherw \
+    # Go's own module and build caches (`go env GOMODCACHE GOCACHE`, outside the checkout):
+    # a second checkout on the same machine builds helm from them in seconds instead of
+    # minutes. -modcacherw keeps the module cache deletable with a plain rm -rf.
+    GOBIN="$BIN" GOFLAGS=-modcacherw \
         CGO_ENABLED=0 GOTOOLCHAIN=local \
         go install \
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
         "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
     "$BIN/helm" version --short >/dev/null
     printf '%s\n' "$HELM_VERSION" >"$stamp"
-    rm -rf "$TOOLS/go-build" # the compiler cache is large and not needed any more
     say "helm $HELM_VERSION built in $((SECONDS - start))s -> ${BIN#"$ROOT"/}/helm"
 }
 
