@@ -44,6 +44,7 @@ from engagement_index.settings import Settings
 from engagement_index.stream.account_agent import AccountAgent
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
+from engagement_index.stream.console import Console
 from engagement_index.stream.daily import (
     SeriesError,
     check_series_params,
@@ -225,6 +226,8 @@ class Worker:
         SegmentApi(self).register()
         #: accounts (stream/account_agent.py): None if the model declares none
         self.accounts = AccountAgent.for_worker(self)
+        #: the web console's page, model, live feed and rates (stream/console.py)
+        Console(self).register()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # ------------------------------------------------------------------ agent
@@ -298,7 +301,10 @@ class Worker:
             db = daily_store._db_for_partition(records[index].partition)
             return [day for day, _ in stored_days(db, key, before)]
 
-        outcome = self.scorer.process(records, load_contact, load_history, list_days)
+        ticks = self.topology.internal.ticks.name
+        woken = {r.partition for r in records if r.topic == ticks}
+        held = [p for p in woken if not await self._caught_up(p)] if woken else []
+        outcome = self.scorer.process(records, load_contact, load_history, list_days, held)
         try:
             await self._send_all(outcome.sends)
         except asyncio.CancelledError:
