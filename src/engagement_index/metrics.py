@@ -150,7 +150,7 @@ class Metrics:
             registry=r,
         )
         self.account_due_index_size = Gauge(
-            "engagement_account_due_index_size",
+            "engagement_account_due_index_entries",
             "Accounts with a pending time-driven change in this worker's due-time index.",
             registry=r,
         )
