@@ -38,7 +38,7 @@ from engagement_index.core.compiled import (
     _compile_lifecycle,
     _Names,
 )
-from engagement_index.core.decay import _bracket, index_after, max_delay_for
+from engagement_index.core.decay import _bracket, crossing_delay_ms, index_after, max_delay_for
 from engagement_index.core.events import ContactKey, EventFields, FailureType, parse_event
 from engagement_index.core.lifecycle import _Change, _Instant, _Work, advance, migrate
 from engagement_index.core.model import UTILISATION_INDEX, duration_ms
@@ -297,6 +297,58 @@ def level_of(acc: CompiledAccounts, book: _Book, source: int, at_ms: int) -> flo
     return sum(top) / min(k, n)
 
 
+def _member_crossing(view: _View, level: float, cm: CompiledModel) -> int | None:
+    """The first ms at which the member's index is below ``level`` (None: never)."""
+    d = crossing_delay_ms(view.values, view.weights, cm, level, max_delay_for(view.clock))
+    return None if d is None else view.clock + d
+
+
+def _step_crossing(
+    acc: CompiledAccounts, book: _Book, source: int, level: float, clock: int
+) -> int | None:
+    """The first ms after ``clock`` at which ``max``, ``share_at_least`` or ``utilisation``
+    (as :func:`level_of` computes it) is below ``level`` while the members only decay, from
+    the members' own crossing times (None: never). Each of these levels changes only at them:
+    ``max`` is below once every member is; a share counts the members still at its level;
+    utilisation the members still active (active until ``last event + active_within``)."""
+    cm = acc.contacts
+    if source == len(acc.aggregates):
+        licences = book.licences
+        if not licences:
+            return None  # 100 for ever
+        ends = sorted(v.last + acc.active_ms for v in book.views if v.last + acc.active_ms > clock)
+        for j, end in enumerate(ends):
+            if j + 1 < len(ends) and ends[j + 1] == end:
+                continue  # the members who stop at the same time stop together
+            if 100.0 * (len(ends) - j - 1) / licences < level:
+                return end
+        return None
+    kind, _, share_level = acc.aggregates[source]
+    n = book.members
+    if kind == MAX:
+        latest = clock
+        for view in book.views:
+            at = _member_crossing(view, level, cm)
+            if at is None:
+                return None
+            latest = max(latest, at)
+        return latest
+    without_state = n - len(book.views) if share_level <= 0.0 else 0
+    crossings = []
+    for view in book.views:
+        at = _member_crossing(view, share_level, cm)
+        if at is None or at > clock:
+            crossings.append(at)
+    count = len(crossings) + without_state
+    finite = sorted(at for at in crossings if at is not None)
+    for j, at in enumerate(finite):
+        if j + 1 < len(finite) and finite[j + 1] == at:
+            continue
+        if 100.0 * (count - j - 1) / n < level:
+            return at
+    return None
+
+
 def _views_at(
     members: dict[str, Member], clock: int, cm: CompiledModel
 ) -> tuple[list[_View], int | None]:
@@ -408,6 +460,11 @@ class _AccountWork(_Work):
         if limit < 1:
             return None
         acc, book, clock = self.acc, self.book, self.clock
+        if source == len(acc.aggregates) or acc.aggregates[source][0] != TOP_K:
+            at = _step_crossing(acc, book, source, level, clock)
+            if at is None or at - clock > limit:
+                return None
+            return max(at - clock, 1)
 
         def below(d: int) -> bool:
             return level_of(acc, book, source, clock + d) < level

@@ -294,3 +294,97 @@ def test_the_replay_command_writes_the_account_changes_and_the_accounts(tmp_path
     (account,) = [json.loads(x) for x in accounts.read_text().splitlines()]
     assert (account["account_id"], account["members"], account["active_users"]) == (ACCOUNT, 20, 5)
     assert account["lifecycles"]["health"]["stage"] == "at_risk"
+
+
+DECAYING = """
+format: 2
+version: "decaying-1"
+components:
+  p: {half_life: 2d, saturation: 10}
+  q: {half_life: 9d, saturation: 4}
+events:
+  x.p: {component: p, points: 7}
+  x.q: {component: q, points: 3}
+indices:
+  mix: {p: 0.6, q: 0.4}
+lifecycles:
+  stage:
+    stages: {only: {}}
+    initial: [{stage: only}]
+accounts:
+  active_within: 3d
+  indices:
+    best: {aggregate: max}
+    share: {aggregate: share_at_least, level: 30}
+    top: {aggregate: top_k_mean, k: 2}
+  lifecycles:
+    best:
+      stages: {up: {index: best}, down: {index: best}}
+      initial: [{stage: up, when: {index: best, at_least: 20}}, {stage: down}]
+      edges:
+        - {id: fell, from: up, to: down, when: {index: best, below: 20}}
+        - {id: rose, from: down, to: up, when: {index: best, at_least: 20}}
+    share:
+      stages: {up: {index: share}, down: {index: share}}
+      initial: [{stage: up, when: {index: share, at_least: 50}}, {stage: down}]
+      edges:
+        - {id: fell, from: up, to: down, when: {index: share, below: 50}}
+        - {id: rose, from: down, to: up, when: {index: share, at_least: 50}}
+    top:
+      stages: {up: {index: top}, down: {index: top}}
+      initial: [{stage: up, when: {index: top, at_least: 25}}, {stage: down}]
+      edges:
+        - {id: fell, from: up, to: down, when: {index: top, below: 25}}
+        - {id: rose, from: down, to: up, when: {index: top, at_least: 25}}
+    used:
+      stages: {up: {index: utilisation}, down: {index: utilisation}}
+      initial: [{stage: up, when: {index: utilisation, at_least: 50}}, {stage: down}]
+      edges:
+        - {id: fell, from: up, to: down, when: {index: utilisation, below: 50}}
+        - {id: rose, from: down, to: up, when: {index: utilisation, at_least: 50}}
+"""
+
+
+def test_each_level_crosses_at_the_first_millisecond_the_reference_sees_it_below() -> None:
+    """Four members decaying at different rates: every account lifecycle falls at the first
+    millisecond at which the independent reference finds its level below the edge's level."""
+    import yaml
+
+    from engagement_index.core.timestamps import parse_timestamp_ms
+
+    model = parse_model(yaml.safe_load(DECAYING))
+    replayer = Replayer(model)
+    reference = AccountReference(DECAYING)
+    lines = [f'{{"event_id": "l", "tenant": "acme", "contact_id": "crm", "type": '
+             f'"account.licences", "timestamp": "{snapshot_time(NOW)}", "account_id": '
+             f'"{ACCOUNT}", "properties": {{"licences": 4}}}}']  # fmt: skip
+    plan = [
+        ("m1", "x.p", 5),
+        ("m1", "x.q", 2),
+        ("m2", "x.p", 3),
+        ("m3", "x.q", 9),
+        ("m4", "x.p", 1),
+    ]
+    for n, (member, etype, count) in enumerate(plan):
+        for i in range(count):
+            at = NOW + n * 3_600_000 + i * 60_000
+            lines.append(
+                f'{{"event_id": "{member}-{n}-{i}", "tenant": "acme", "contact_id": "{member}", '
+                f'"type": "{etype}", "timestamp": "{snapshot_time(at)}", '
+                f'"account_id": "{ACCOUNT}"}}'
+            )
+    for line in lines:
+        replayer.feed(line)
+        reference.feed(line)
+    assert not replayer.rejects
+    replayer.finish(NOW + 60 * 86_400_000)
+    falls = {t.lifecycle: t for t in replayer.account_transitions if t.rule_id == "fell"}
+    assert {t.reason for t in falls.values()} == {"decay"}, "each fell by time, not on an update"
+    assert {t.lifecycle for t in replayer.account_transitions if t.rule_id == "rose"} == set(falls)
+    assert set(falls) == {"best", "share", "top", "used"}
+    names = {"best": ("best", 20.0), "share": ("share", 50.0), "top": ("top", 25.0),
+             "used": ("utilisation", 50.0)}  # fmt: skip
+    for lifecycle, (level, threshold) in names.items():
+        at = parse_timestamp_ms(falls[lifecycle].occurred_at)
+        assert reference.levels(TENANT, ACCOUNT, at - 1)[level] >= threshold, lifecycle
+        assert reference.levels(TENANT, ACCOUNT, at)[level] < threshold, lifecycle
