@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 #: (account lifecycles have no ``event`` conditions), so reasons are those of events
 UPDATE_EVENT = "account.update"
 #: event types of the ``account`` channel: not scored on the contact (docs/models.md#accounts)
-ACCOUNT_CHANNEL = "account"
 GROUP_TYPE = "account.group"
 LICENCES_TYPE = "account.licences"
 
