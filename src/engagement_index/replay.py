@@ -22,6 +22,7 @@ from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
 from engagement_index.core.timestamps import MIN_MS, MS_PER_DAY
 from engagement_index.errors import EventRejected
+from engagement_index.replay_identity import ReplayIdentities, is_identity_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class ReplayStats:
     rejected: int = 0
     transitions: int = 0
     points: int = 0
+    merges: int = 0
 
 
 class Replayer:
@@ -96,6 +98,7 @@ class Replayer:
         on_reject: Callable[[Reject], None] | None = None,
         dedupe_window_ms: int = DEFAULT_WINDOW_MS,
         daily: DailySeries | None = None,
+        blocked_ids: Iterable[str] = (),
     ) -> None:
         self.model = model
         self.daily = daily
@@ -115,6 +118,8 @@ class Replayer:
         self._cm = model.compiled
         #: contacts whose due time is not solved yet
         self._unsolved: set[tuple[str, str]] = set()
+        #: identity merge: identify/alias records in the input (``ReplayIdentities``)
+        self.identities = ReplayIdentities(self, frozenset(blocked_ids))
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -136,6 +141,8 @@ class Replayer:
         """
         stats = self.stats
         stats.lines += 1
+        if is_identity_record(raw):
+            return self.identities.feed(raw, stats.lines if line is None else line)
         try:
             fields = parse_event_fields(raw, max_bytes=self.max_bytes)
             if fields.type not in self._cm.rules:
@@ -155,6 +162,10 @@ class Replayer:
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts = fields
         key = (tenant, contact_id)
+        survivor = self.identities.alias_of.get(key)
+        if survivor is not None:  # an absorbed id: its events count on its survivor
+            fields = fields._replace(contact_id=survivor)
+            key = (tenant, survivor)
         if ts > self._arrival_clock:
             self._arrival_clock = ts
         if arrival_ms is None:

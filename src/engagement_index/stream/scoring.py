@@ -45,6 +45,7 @@ from engagement_index.errors import ConfigError, EventRejected
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.daily import DailyBatch, ListDays, closing_day
+from engagement_index.stream.identity import IdentityMerge
 from engagement_index.stream.stored import StoredContact, source_id
 from engagement_index.topology import Topology
 
@@ -84,6 +85,8 @@ class BatchOutcome:
     # value None: delete the key (an erasure)
     contact_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     history_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
+    # the aliases table (identity merge, ``stream/identity.py``): key -> (index, value or None)
+    alias_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # the daily table (score history, ``stream/daily.py``): day key -> (index, state or None)
     daily_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # table key -> (partition, due time or None)
@@ -117,6 +120,9 @@ class _Batch:
     histories: dict[bytes, list[bytes]] = field(default_factory=dict)
     #: per topic, the newest event timestamp scored in this batch
     newest: dict[str, int] = field(default_factory=dict)
+    #: reads the aliases table (identity merge); its values as read or changed in this batch
+    load_alias: Callable[[bytes, int], bytes | None] | None = None
+    aliases: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
 
 class BatchScorer:
@@ -162,6 +168,8 @@ class BatchScorer:
         # per batch, added to the metrics once at its end
         self._transition_counts: Counter[tuple[str, str | None, str, str]] = Counter()
         self._snapshot_count = 0
+        self._identity_sources = frozenset(topology.identity_sources)
+        self.identity = IdentityMerge(self)
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -170,16 +178,19 @@ class BatchScorer:
         load_contact: Callable[[bytes, int], bytes | None],
         load_history: Callable[[bytes, int], bytes | None],
         list_days: ListDays | None = None,
+        load_alias: Callable[[bytes, int], bytes | None] | None = None,
     ) -> BatchOutcome:
         """Score ``records`` in order; never raises for a bad record.
 
         Each contact's stored value is decoded at most once per batch and encoded once at the
         end (one table write, so one changelog record, per contact per batch). ``list_days``
-        lists a contact's stored days of the daily table (None: there are none).
+        lists a contact's stored days of the daily table (None: there are none);
+        ``load_alias`` reads the aliases table (None: there is none).
         """
         out = BatchOutcome()
         daily = DailyBatch(self.settings.history_days)
         batch = _Batch(out, load_contact, load_history, self.clock_ms(), daily)
+        batch.load_alias = load_alias
         outcomes: Counter[tuple[str, str]] = Counter()
         channels = self._channels
         for index, record in enumerate(records):
@@ -246,6 +257,8 @@ class BatchScorer:
         if record.topic == self._erasure_topic:
             self._process_erasure(batch, index, record)
             return None
+        if record.topic in self._identity_sources:
+            return self.identity.process(batch, index, record)
         out = batch.out
         now_ms = batch.now_ms
         value = record.value
@@ -286,6 +299,8 @@ class BatchScorer:
             self.metrics.partition_forwards.labels(channel=self._channels[record.topic]).inc()
             return "forwarded"
         entry = self._load(batch, key, index)
+        if entry is None and self.identity.redirect(batch, index, record, key):
+            return "aliased"  # an absorbed id: its events count on its survivor
         source = self._source_index[record.topic]
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
             # re-delivery of a record already in the state. The local store may hold a write
@@ -359,6 +374,7 @@ class BatchScorer:
             out.sends.append(OutboundRecord(self._erasure_topic, key, record.value, (), home))
             return
         stored = self._load(batch, key, index)
+        aliased = self.identity.erase(batch, index, request)
         if stored is not None:
             state = stored.state(key)
             for lifecycle, stage in stage_names(state, self._compiled).items():
@@ -367,7 +383,7 @@ class BatchScorer:
             erasure_id=request.erasure_id,
             tenant=request.tenant,
             contact_id=request.contact_id,
-            found=stored is not None,
+            found=stored is not None or aliased,
             requested_at=request.requested_at,
             erased_at=ms_to_rfc3339(now_ms),
             requested_by=request.requested_by,
@@ -380,7 +396,8 @@ class BatchScorer:
         out.history_writes[key] = (index, None)
         batch.daily.erase(key, index)
         out.due_updates[key] = (record.partition, None)
-        self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
+        found = stored is not None or aliased
+        self.metrics.erasures.labels(outcome="erased" if found else "not_found").inc()
 
     def _rewrite(self, batch: _Batch, key: bytes, index: int, entry: _Entry) -> None:
         """Write a re-delivered contact's unchanged value and history again at the batch end."""
