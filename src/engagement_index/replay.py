@@ -164,7 +164,7 @@ class Replayer:
         key = (tenant, contact_id)
         survivor = self.identities.alias_of.get(key)
         if survivor is not None:  # an absorbed id: its events count on its survivor
-            fields = fields._replace(contact_id=survivor)
+            fields = EventFields(event_id, tenant, survivor, fields.type, ts)
             key = (tenant, survivor)
         if ts > self._arrival_clock:
             self._arrival_clock = ts

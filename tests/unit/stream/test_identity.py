@@ -246,7 +246,8 @@ def test_a_chain_merges_into_the_end_of_the_chain() -> None:
     sim.publish("engagement.identities", identify("b", "a", 6, 2), "b")  # b is an alias of c
     sim.run()
     assert sim.state("c").events_counted == 3
-    assert sim.state("a") is None and sim.state("b") is None
+    assert sim.state("a") is None
+    assert sim.state("b") is None
     assert decode_alias(sim.aliases[key("a")])["alias_of"] == "c"
 
 
