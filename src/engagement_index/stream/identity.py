@@ -24,6 +24,7 @@ the survivor (the re-key topic, ``contact_id`` replaced) and counted there.
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,16 +47,13 @@ from engagement_index.core.merge import (
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.state import decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
+from engagement_index.errors import IdentityRecordError, StateDecodeError
 
 if TYPE_CHECKING:
     from engagement_index.stream.scoring import BatchScorer, InboundRecord, _Batch
 
 #: most aliases one survivor lists (its table value stays small); past that the oldest go
 MAX_ALIASES = 1000
-
-
-class IdentityError(ValueError):
-    """A record of the merge protocol that cannot be read."""
 
 
 def decode_alias(raw: bytes | None) -> dict[str, Any]:
@@ -65,7 +63,7 @@ def decode_alias(raw: bytes | None) -> dict[str, Any]:
         return {}
     value = orjson.loads(bytes(raw))
     if not isinstance(value, dict):
-        raise IdentityError("alias value is not an object")
+        raise IdentityRecordError("alias value is not an object")
     return value
 
 
@@ -102,6 +100,7 @@ class IdentityMerge:
         self.merges = topology.outbound.merges.name
         self.blocked = frozenset(i.strip().casefold() for i in scorer.settings.identity_blocked_ids)
         self.partitions = topology.scoring_partitions
+        self.max_bytes = scorer.settings.max_record_bytes
         self.links = scorer.metrics.identity_links
 
     # ------------------------------------------------------------------ tables
@@ -122,16 +121,30 @@ class IdentityMerge:
         """One record of an identity source; the outcome for the consumed-events metric."""
         try:
             if record.value is None:
-                raise IdentityError("record has no value")
+                raise IdentityRecordError("record has no value")
+            if len(record.value) > self.max_bytes:
+                self.links.labels(step="link", outcome="invalid").inc()
+                why = f"record is {len(record.value)} bytes, the limit is {self.max_bytes}"
+                scorer = self.scorer
+                scorer._dead_letter(batch.out, record, FailureType.OVERSIZED, why, batch.now_ms)
+                return "dead_lettered"
             if record.topic == self.identities:
                 return self._link(batch, index, record)
             message = orjson.loads(record.value)
             if not isinstance(message, dict):
-                raise IdentityError("not a JSON object")
+                raise IdentityRecordError("not a JSON object")
             if record.topic == self.requests:
                 return self._absorb(batch, index, record, message)
             return self._merge(batch, index, record, message)
-        except (ValidationError, IdentityError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (
+            ValidationError,
+            IdentityRecordError,
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            binascii.Error,
+            StateDecodeError,
+        ) as exc:
             self.links.labels(step="link", outcome="invalid").inc()
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.scorer._dead_letter(
@@ -157,7 +170,7 @@ class IdentityMerge:
             if is_blocked(value, self.blocked):
                 return self._refuse(batch, record, "link", f"{name}: {value!r} never merges")
         if not 1 <= len(absorbed) <= 256:
-            raise IdentityError("the absorbed id must have 1 to 256 characters")
+            raise IdentityRecordError("the absorbed id must have 1 to 256 characters")
         survivor = link.contact_id
         key = ContactKey(link.tenant, survivor).encode()
         home = canonical_partition(key, self.partitions)
@@ -191,7 +204,7 @@ class IdentityMerge:
         tenant, survivor, absorbed = request["tenant"], request["survivor"], request["absorbed"]
         key = ContactKey(tenant, absorbed).encode()
         if record.key != key or record.partition != canonical_partition(key, self.partitions):
-            raise IdentityError("a merge request must be keyed by its absorbed id")
+            raise IdentityRecordError("a merge request must be keyed by its absorbed id")
         current = self.alias(batch, key, index)
         if current.get("alias_of") == survivor:
             self.links.labels(step="absorb", outcome="duplicate").inc()
@@ -237,7 +250,7 @@ class IdentityMerge:
         contact = ContactKey(tenant, survivor)
         key = contact.encode()
         if record.key != key or record.partition != canonical_partition(key, self.partitions):
-            raise IdentityError("a merge transfer must be keyed by its survivor")
+            raise IdentityRecordError("a merge transfer must be keyed by its survivor")
         scorer = self.scorer
         entry = scorer._load(batch, key, index)
         source = scorer._source_index[record.topic]

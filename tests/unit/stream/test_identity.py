@@ -271,3 +271,28 @@ def test_an_erasure_of_the_known_contact_erases_its_aliases() -> None:
     sim.run()
     assert sim.state("anon-1").events_counted == 1
     assert sim.state("user-1") is None
+
+
+def test_bad_protocol_records_are_dead_letters_not_crashes() -> None:
+    sim = Sim()
+    big = {**identify("user-1", "anon-1", 1), "traits": {"x": "y" * 70_000}}
+    sim.publish("engagement.identities", big, "user-1")
+    bad_transfer = {
+        "merge_id": "m",
+        "tenant": "acme",
+        "survivor": "user-1",
+        "absorbed": "a",
+        "kind": "identify",
+        "cause_event_id": "i",
+        "state": "!!",
+        "seen": "!!",
+    }
+    sim.publish("engagement-index.merge-transfers", bad_transfer, "user-1")
+    sim.publish("engagement-index.merge-requests", {"tenant": "acme"}, "anon-1")
+    misrouted = {**bad_transfer, "state": None, "seen": ""}
+    sim.publish("engagement-index.merge-transfers", misrouted, "user-2")  # keyed by another id
+    sim.run()
+    kinds = [dict(s.headers)["dlq.failure.type"] for s in sim.topic("engagement.dlq")]
+    assert kinds == [b"oversized"] + [b"schema_violation"] * 3
+    assert sim.contacts == {}
+    assert sim.aliases == {}
