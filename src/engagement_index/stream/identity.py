@@ -207,8 +207,16 @@ class IdentityMerge:
             raise IdentityRecordError("a merge request must be keyed by its absorbed id")
         current = self.alias(batch, key, index)
         if current.get("alias_of") == survivor:
+            # applied: its transfer was acknowledged before the alias was written. The local
+            # store may hold writes whose changelog records were in flight at a crash: write
+            # the alias and the deletions again (as BatchScorer._rewrite does for a contact)
+            out = batch.out
+            out.alias_writes.setdefault(key, (index, encode_alias(current)))
+            if self.scorer._load(batch, key, index) is None:
+                out.contact_writes.setdefault(key, (index, None))
+                out.history_writes.setdefault(key, (index, None))
             self.links.labels(step="absorb", outcome="duplicate").inc()
-            return "duplicate"  # applied: its transfer was acknowledged before the alias
+            return "duplicate"
         if "alias_of" in current:
             why = f"absorbed: already merged into {current['alias_of']!r}"
             return self._refuse(batch, record, "absorb", why)

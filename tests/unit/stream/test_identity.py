@@ -296,3 +296,20 @@ def test_bad_protocol_records_are_dead_letters_not_crashes() -> None:
     assert kinds == [b"oversized"] + [b"schema_violation"] * 3
     assert sim.contacts == {}
     assert sim.aliases == {}
+
+
+def test_a_re_delivered_merge_request_writes_the_alias_again_for_the_changelog() -> None:
+    sim = Sim()
+    scenario(sim)
+    request = next(s for s in sim.sent if s.topic == "engagement-index.merge-requests")
+    record = InboundRecord(request.topic, request.partition, 0, request.key, request.value, NOW)
+    out = sim.scorer.process(
+        [record],
+        lambda k, i: sim.contacts.get(k),
+        lambda k, i: sim.history.get(k),
+        None,
+        lambda k, i: sim.aliases.get(k),
+    )
+    assert out.sends == []  # no second transfer
+    assert out.alias_writes[key("anon-1")][1] == sim.aliases[key("anon-1")]
+    assert out.contact_writes[key("anon-1")][1] is None
