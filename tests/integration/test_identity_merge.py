@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -299,4 +300,16 @@ def test_a_sigkill_while_merges_are_under_way_loses_and_doubles_nothing(
         m["merge_id"] for m in merges if m["absorbed_events"] == 4
     }
     assert len({m["merge_id"] for m in merges}) == len(pairs)
-    assert restarted.stop() == 0, restarted.log_tail()
+
+    # a worker that lost its disk restores the merged contacts and the aliases from the
+    # changelogs
+    restarted.kill()
+    shutil.rmtree(worker.data_dir)
+    restored = env.worker("w3")
+    restored.start(timeout=120)
+    for user, anon in pairs:
+        assert_equal_to_replay(restored, env, expected, user)
+        assert restored.get(f"/v1/contacts/acme/{user}")[1]["aliases"] == [anon]
+        body = restored.get(f"/v1/contacts/acme/{anon}")[1]
+        assert body["merged_into"]["contact_id"] == user
+    assert restored.stop() == 0, restored.log_tail()

@@ -313,3 +313,14 @@ def test_a_re_delivered_merge_request_writes_the_alias_again_for_the_changelog()
     assert out.sends == []  # no second transfer
     assert out.alias_writes[key("anon-1")][1] == sim.aliases[key("anon-1")]
     assert out.contact_writes[key("anon-1")][1] is None
+
+
+def test_a_retry_of_an_anonymous_event_after_the_merge_is_a_duplicate_on_the_survivor() -> None:
+    sim = Sim()
+    scenario(sim)
+    before = sim.state("user-1")
+    sim.publish("events.web", SCENARIO_BEFORE[2], "anon-1")  # the same event id again
+    sim.run()
+    after = sim.state("user-1")
+    assert after.events_counted == before.events_counted == 10
+    assert after.values == before.values
