@@ -22,6 +22,7 @@ from engagement_index.core.dedupe import EMPTY
 from engagement_index.core.events import ContactKey, FailureType
 from engagement_index.core.lifecycle import with_due
 from engagement_index.core.merge import (
+    MAX_ALIASES,
     MergeContext,
     is_blocked,
     merge_id_of,
@@ -87,6 +88,10 @@ class ReplayIdentities:
             )
             return []
         survivor = self.alias_of.get((tenant, link.contact_id), link.contact_id)
+        if len(self.aliases.get((tenant, survivor), ())) >= MAX_ALIASES:
+            why = f"contact_id: has {MAX_ALIASES} aliases already, the most one contact keeps"
+            replayer.reject(line, FailureType.IDENTITY_REFUSED, why)
+            return []
         if survivor == absorbed:
             return []
         current = self.alias_of.get((tenant, absorbed))

@@ -51,6 +51,8 @@ from engagement_index.core.timestamps import MS_PER_DAY
 #: The ids that never merge, compared after stripping white space and case-folding (Segment's
 #: identity rules block the same values).
 _RFC3339_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+#: most aliases one survivor takes (its table value stays small): later links are refused
+MAX_ALIASES = 1000
 BLOCKED_IDS = frozenset({"", "null", "undefined", "anonymous", "0", "none", "nil"})
 
 

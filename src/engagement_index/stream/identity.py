@@ -37,6 +37,7 @@ from engagement_index.core.erasure import ErasureRequest
 from engagement_index.core.events import ContactKey, FailureType
 from engagement_index.core.lifecycle import stage_names
 from engagement_index.core.merge import (
+    MAX_ALIASES,
     MergeContext,
     MergeRecord,
     is_blocked,
@@ -51,9 +52,6 @@ from engagement_index.errors import IdentityRecordError, StateDecodeError
 
 if TYPE_CHECKING:
     from engagement_index.stream.scoring import BatchScorer, InboundRecord, _Batch
-
-#: most aliases one survivor lists (its table value stays small); past that the oldest go
-MAX_ALIASES = 1000
 
 
 def decode_alias(raw: bytes | None) -> dict[str, Any]:
@@ -177,9 +175,13 @@ class IdentityMerge:
         if record.key != key or record.partition != home:  # read where the survivor lives
             batch.out.sends.append(self._out(self.identities, key, record.value, home))
             return "forwarded"
-        alias_of = self.alias(batch, key, index).get("alias_of")
+        current = self.alias(batch, key, index)
+        alias_of = current.get("alias_of")
         if alias_of is not None:  # the survivor was merged itself: link to its survivor
             survivor = alias_of
+        elif len(current.get("aliases", ())) >= MAX_ALIASES:
+            why = f"contact_id: has {MAX_ALIASES} aliases already, the most one contact keeps"
+            return self._refuse(batch, record, "link", why)
         if survivor == absorbed:
             self.links.labels(step="link", outcome="duplicate").inc()
             return "duplicate"
@@ -316,7 +318,7 @@ class IdentityMerge:
             batch.contacts[key] = entry
         out.sends.append(self._out(self.merges, key, record_value.to_json_bytes(), None))
         aliases.append({"id": absorbed, "merge_id": transfer["merge_id"]})
-        self.put_alias(batch, key, index, {"aliases": aliases[-MAX_ALIASES:]})
+        self.put_alias(batch, key, index, {"aliases": aliases})
         self.links.labels(step="merge", outcome="merged").inc()
         return "merged"
 

@@ -324,3 +324,19 @@ def test_a_retry_of_an_anonymous_event_after_the_merge_is_a_duplicate_on_the_sur
     after = sim.state("user-1")
     assert after.events_counted == before.events_counted == 10
     assert after.values == before.values
+
+
+def test_a_survivor_with_the_most_aliases_refuses_more_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("engagement_index.stream.identity.MAX_ALIASES", 2)
+    sim = Sim()
+    for n in range(3):
+        sim.publish("events.web", event(n, f"anon-{n}", n), f"anon-{n}")
+        sim.publish("engagement.identities", identify("user-1", f"anon-{n}", 5, n), "user-1")
+        sim.run()
+    refused = dict(sim.topic("engagement.dlq")[-1].headers)
+    assert refused["dlq.failure.type"] == b"identity_refused"
+    assert b"aliases already" in refused["dlq.error.message"]
+    assert sim.state("user-1").events_counted == 2
+    assert sim.state("anon-2").events_counted == 1
