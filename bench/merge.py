@@ -114,7 +114,7 @@ def in_process(merges: int) -> dict[str, Any]:
             lambda k, i: tables["contacts"].get(k),
             lambda k, i: tables["history"].get(k),
             None,
-            lambda k, i: tables["aliases"].get(k),
+            load_alias=lambda k, i: tables["aliases"].get(k),
         )
         for name, writes in (("contacts", out.contact_writes), ("history", out.history_writes),
                              ("aliases", out.alias_writes)):  # fmt: skip

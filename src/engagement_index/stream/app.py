@@ -311,7 +311,12 @@ class Worker:
             value = aliases_store._db_for_partition(records[index].partition).get(key)
             return bytes(value) if value is not None else None
 
-        outcome = self.scorer.process(records, load_contact, load_history, list_days, load_alias)
+        ticks = self.topology.internal.ticks.name
+        woken = {r.partition for r in records if r.topic == ticks}
+        held = [p for p in woken if not await self._caught_up(p)] if woken else []
+        outcome = self.scorer.process(
+            records, load_contact, load_history, list_days, held, load_alias=load_alias
+        )
         try:
             await self._send_all(outcome.sends)
         except asyncio.CancelledError:

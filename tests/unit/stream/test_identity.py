@@ -102,7 +102,7 @@ class Sim:
             lambda k, i: self.contacts.get(k),
             lambda k, i: self.history.get(k),
             None,
-            lambda k, i: self.aliases.get(k),
+            load_alias=lambda k, i: self.aliases.get(k),
         )
         for s in out.sends:  # acknowledged: what goes to a topic the scorer reads comes back
             self.sent.append(s)
@@ -308,7 +308,7 @@ def test_a_re_delivered_merge_request_writes_the_alias_again_for_the_changelog()
         lambda k, i: sim.contacts.get(k),
         lambda k, i: sim.history.get(k),
         None,
-        lambda k, i: sim.aliases.get(k),
+        load_alias=lambda k, i: sim.aliases.get(k),
     )
     assert out.sends == []  # no second transfer
     assert out.alias_writes[key("anon-1")][1] == sim.aliases[key("anon-1")]
