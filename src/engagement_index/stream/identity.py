@@ -99,6 +99,7 @@ class IdentityMerge:
         self.blocked = frozenset(i.strip().casefold() for i in scorer.settings.identity_blocked_ids)
         self.partitions = topology.scoring_partitions
         self.max_bytes = scorer.settings.max_record_bytes
+        self.steps = {self.identities: "link", self.requests: "absorb", self.transfers: "merge"}
         self.links = scorer.metrics.identity_links
 
     # ------------------------------------------------------------------ tables
@@ -117,11 +118,12 @@ class IdentityMerge:
     # ---------------------------------------------------------------- dispatch
     def process(self, batch: _Batch, index: int, record: InboundRecord) -> str:
         """One record of an identity source; the outcome for the consumed-events metric."""
+        step = self.steps[record.topic]
         try:
             if record.value is None:
                 raise IdentityRecordError("record has no value")
             if len(record.value) > self.max_bytes:
-                self.links.labels(step="link", outcome="invalid").inc()
+                self.links.labels(step=step, outcome="invalid").inc()
                 why = f"record is {len(record.value)} bytes, the limit is {self.max_bytes}"
                 scorer = self.scorer
                 scorer._dead_letter(batch.out, record, FailureType.OVERSIZED, why, batch.now_ms)
@@ -143,7 +145,7 @@ class IdentityMerge:
             binascii.Error,
             StateDecodeError,
         ) as exc:
-            self.links.labels(step="link", outcome="invalid").inc()
+            self.links.labels(step=step, outcome="invalid").inc()
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.scorer._dead_letter(
                 batch.out, record, FailureType.SCHEMA_VIOLATION, f"identity: {text}", batch.now_ms
