@@ -143,7 +143,12 @@ class BatchScorer:
         self.settings = settings
         self.metrics = metrics
         self.clock_ms = clock_ms
-        self._source_index = {name: source_id(name) for name in topology.scoring_sources}
+        # the sources whose offsets a contact's value keeps (the identity merge's first two
+        # steps store no contact, so they need no id)
+        unkept = {topology.outbound.identities.name, topology.internal.merge_requests.name}
+        self._source_index = {
+            name: source_id(name) for name in topology.scoring_sources if name not in unkept
+        }
         if len(set(self._source_index.values())) != len(self._source_index):
             raise ConfigError(
                 "two scoring sources have the same 16-bit id in stored values; rename one"
