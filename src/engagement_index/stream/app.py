@@ -43,6 +43,7 @@ from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
+from engagement_index.stream.console import Console
 from engagement_index.stream.daily import (
     SeriesError,
     check_series_params,
@@ -232,6 +233,8 @@ class Worker:
         #: segment lists and counts (stream/segments.py, stream/segment_api.py)
         self.segments = SegmentIndex.for_worker(self)
         SegmentApi(self).register()
+        #: the web console's page, model, live feed and rates (stream/console.py)
+        Console(self).register()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # ------------------------------------------------------------------ agent
