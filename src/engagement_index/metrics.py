@@ -154,6 +154,12 @@ class Metrics:
             "Accounts with a pending time-driven change in this worker's due-time index.",
             registry=r,
         )
+        self.identity_links = Counter(
+            "engagement_identity_links_total",
+            "Identity links (identify/alias) by step and outcome (docs/streaming.md).",
+            ["step", "outcome"],  # step: link | absorb | merge; outcome: fixed set
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition of this registry."""

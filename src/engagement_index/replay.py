@@ -35,6 +35,7 @@ from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
 from engagement_index.core.timestamps import MIN_MS, MS_PER_DAY
 from engagement_index.errors import EventRejected
+from engagement_index.replay_identity import ReplayIdentities, is_identity_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class ReplayStats:
     rejected: int = 0
     transitions: int = 0
     points: int = 0
+    merges: int = 0
 
 
 class Replayer:
@@ -109,6 +111,7 @@ class Replayer:
         on_reject: Callable[[Reject], None] | None = None,
         dedupe_window_ms: int = DEFAULT_WINDOW_MS,
         daily: DailySeries | None = None,
+        blocked_ids: Iterable[str] = (),
     ) -> None:
         self.model = model
         self.daily = daily
@@ -134,6 +137,8 @@ class Replayer:
         self.memberships: dict[tuple[str, str], Membership] = {}
         #: account transitions, in emission order (``finish`` adds the time-driven ones)
         self.account_transitions: list[AccountTransition] = []
+        #: identity merge: identify/alias records in the input (``ReplayIdentities``)
+        self.identities = ReplayIdentities(self, frozenset(blocked_ids))
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -155,6 +160,8 @@ class Replayer:
         """
         stats = self.stats
         stats.lines += 1
+        if is_identity_record(raw):
+            return self.identities.feed(raw, stats.lines if line is None else line)
         try:
             fields = parse_event_fields(raw, max_bytes=self.max_bytes)
             if self._accounts is not None and is_account_type(fields.type):
@@ -181,6 +188,10 @@ class Replayer:
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts, _ = fields
         key = (tenant, contact_id)
+        survivor = self.identities.alias_of.get(key)
+        if survivor is not None:  # an absorbed id: its events count on its survivor
+            fields = EventFields(event_id, tenant, survivor, fields.type, ts, fields.account_id)
+            key = (tenant, survivor)
         if ts > self._arrival_clock:
             self._arrival_clock = ts
         if arrival_ms is None:

@@ -48,6 +48,7 @@ def test_check_detects_drift(tmp_path: Path) -> None:
         "erasure.json",
         "account-transition.json",
         "account.json",
+        "merge.json",
         "examples/erasure-request.json",
         "examples/erasure.json",
         "examples/canonical-event.json",

@@ -18,6 +18,7 @@ from engagement_index.collector import schemas as collector_schemas
 from engagement_index.core.accounts import AccountSnapshot, AccountTransition
 from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import CanonicalEvent
+from engagement_index.core.merge import MergeRecord
 from engagement_index.core.model import PACKAGED_MODEL_PATH, ScoringModel, load_model
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.replay import replay
@@ -60,6 +61,10 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
     "account": (
         AccountSnapshot,
         "An account's state (GET /v1/accounts/{tenant}/{account_id}).",
+    ),
+    "merge": (
+        MergeRecord,
+        "An identity merge (the merges topic's record value, keyed by the survivor).",
     ),
 }
 

@@ -360,6 +360,16 @@ class AccountModel(_Strict):
         return self
 
 
+class MergeRules(_Strict):
+    """How two contacts' states combine when an identity merge folds one into the other."""
+
+    markers: dict[Name, Literal["latest", "earliest"]] = Field(
+        default_factory=dict,
+        description="per marker: latest (default; the later change wins, as if the events "
+        "had come on one contact) or earliest (set if set on either, at the earlier setting)",
+    )
+
+
 class ScoringModel(_Strict):
     """A versioned scoring and lifecycle model (docs/models.md)."""
 
@@ -373,6 +383,7 @@ class ScoringModel(_Strict):
     lifecycles: dict[Name, Lifecycle] | None = None
     legacy: Legacy | None = None
     accounts: AccountModel | None = None
+    merge: MergeRules | None = None
 
     _compiled: CompiledModel | None = PrivateAttr(default=None)
     _accounts: CompiledAccounts | None = PrivateAttr(default=None)
@@ -399,6 +410,9 @@ class ScoringModel(_Strict):
                 raise ValueError("indices: required in a format 2 model")
             if not self.lifecycles:
                 raise ValueError("lifecycles: required in a format 2 model")
+        for marker in self.merge.markers if self.merge is not None else {}:
+            if marker not in self.markers:
+                raise ValueError(f"merge.markers.{marker}: unknown marker")
         if len(set(self.markers)) != len(self.markers):
             raise ValueError("markers: a marker is declared twice")
         if len(self.markers) > 16:
