@@ -140,6 +140,12 @@ class Kafka:
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
         )
 
+    # -- (7)
+    def replay(self) -> None:
+        """The replay with the kernel and with the Python core (``ENGAGEMENT_INDEX_KERNEL=
+        python``), and its JSON-parse limit: a bare ``orjson.loads`` loop over the same file."""
+        self.results["replay"] = replay_figures(self.events_file, self.n, self.run_dir)
+
     def close(self) -> None:
         self.offsets_consumer.close()
         self.admin.close()
@@ -992,24 +998,9 @@ class Run:
 
     # -- (7)
     def replay(self) -> None:
-        log("(7) replay: engagement-index replay on the same events file")
-        started = time.time()
-        with (self.run_dir / "replay.err").open("wb") as err:
-            done = subprocess.run(
-                [*ENGINE, "replay", str(self.events_file)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                check=False,
-            )
-        seconds = time.time() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"replay failed; see {self.run_dir / 'replay.err'}")
-        self.results["replay"] = {
-            "events": self.n,
-            "seconds": seconds,
-            "events_per_s": rate(self.n, seconds),
-        }
-        log(f"(7) replay: {self.n / seconds:,.0f} events/s ({seconds:.1f}s)")
+        """The replay with the kernel and with the Python core (``ENGAGEMENT_INDEX_KERNEL=
+        python``), and its JSON-parse limit: a bare ``orjson.loads`` loop over the same file."""
+        self.results["replay"] = replay_figures(self.events_file, self.n, self.run_dir)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -1021,6 +1012,59 @@ class Run:
         self.broker.stop()
         if not self.args.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- replay
+#: The replay's JSON-parse limit: what reading and parsing the file alone costs.
+JSON_PARSE_LOOP = """
+import sys, orjson
+loads = orjson.loads
+with open(sys.argv[1], "rb") as f:
+    for line in f:
+        loads(line)
+"""
+
+
+def _timed(command: list[str], err_path: Path, env: dict[str, str] | None = None) -> float:
+    started = time.time()
+    with err_path.open("wb") as err:
+        done = subprocess.run(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            check=False,
+            env={**os.environ, **(env or {})},
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[2:4]} failed; see {err_path}")
+    return time.time() - started
+
+
+def replay_figures(events_file: Path, n: int, run_dir: Path) -> dict[str, Any]:
+    """(7): ``engagement-index replay`` with the kernel and with the Python core, and the
+    JSON-parse limit of the same file; events/s and ratios within the run."""
+    log("(7) replay: engagement-index replay on the same events file (kernel)")
+    kernel = _timed([*ENGINE, "replay", str(events_file)], run_dir / "replay.err")
+    log(f"(7) replay: {n / kernel:,.0f} events/s with the kernel ({kernel:.1f}s)")
+    python = _timed(
+        [*ENGINE, "replay", str(events_file)],
+        run_dir / "replay-python.err",
+        {"ENGAGEMENT_INDEX_KERNEL": "python"},
+    )
+    log(f"(7) replay: {n / python:,.0f} events/s with the Python core ({python:.1f}s)")
+    parse = _timed(
+        [sys.executable, "-c", JSON_PARSE_LOOP, str(events_file)], run_dir / "json-parse.err"
+    )
+    log(f"(7) replay: JSON-parse limit {n / parse:,.0f} events/s ({parse:.1f}s)")
+    return {
+        "events": n,
+        "seconds": kernel,
+        "events_per_s": rate(n, kernel),
+        "python_core_events_per_s": rate(n, python),
+        "json_parse_events_per_s": rate(n, parse),
+        "vs_python_core": python / kernel,
+        "vs_json_parse": parse / kernel,
+    }
 
 
 # --------------------------------------------------------------------------- quix venv

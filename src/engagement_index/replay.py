@@ -22,6 +22,10 @@ from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
 from engagement_index.core.timestamps import MIN_MS, MS_PER_DAY
 from engagement_index.errors import EventRejected
+from engagement_index.kernel import Contacts
+
+#: Events scored per call of the kernel by :meth:`Replayer.feed_lines`.
+KERNEL_CHUNK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,11 @@ class Replayer:
     evaluated there (the point at midnight ``t`` counts the events up to ``t``, included);
     ``finish`` adds the points up to the horizon. Only the next midnight of each contact is
     kept.
+
+    ``kernel=True`` scores with the compiled kernel (``engagement_index.kernel``) where it is
+    built and not switched off, in chunks of :data:`KERNEL_CHUNK` events, with exactly the
+    outputs of the Python core; it does not report daily points (``daily`` uses the Python
+    core). The final states are then read with :meth:`final_states` (``states`` stays empty).
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class Replayer:
         on_reject: Callable[[Reject], None] | None = None,
         dedupe_window_ms: int = DEFAULT_WINDOW_MS,
         daily: DailySeries | None = None,
+        kernel: bool = False,
     ) -> None:
         self.model = model
         self.daily = daily
@@ -115,6 +125,9 @@ class Replayer:
         self._cm = model.compiled
         #: contacts whose due time is not solved yet
         self._unsolved: set[tuple[str, str]] = set()
+        contacts = Contacts(self._cm) if kernel and daily is None else None
+        #: the kernel's states (None: the Python core's, in ``states``)
+        self._contacts = contacts if contacts is not None and contacts.uses_kernel else None
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -134,6 +147,15 @@ class Replayer:
         timestamp); the dedupe window counts from it. Default: the largest event timestamp
         read so far, this one included (the file's clock).
         """
+        fields = self._parse(raw, line)
+        if fields is None:
+            return []
+        if self._contacts is not None:
+            return list(self._score([fields])) if self._admit(fields, arrival_ms) else []
+        return self._apply(fields, arrival_ms)
+
+    def _parse(self, raw: bytes | str, line: int | None) -> EventFields | None:
+        """The fields of a record that can be scored (None: rejected, and recorded)."""
         stats = self.stats
         stats.lines += 1
         try:
@@ -149,8 +171,38 @@ class Replayer:
                 )
         except EventRejected as exc:
             self.reject(stats.lines if line is None else line, exc.failure, exc.message)
-            return []
-        return self._apply(fields, arrival_ms)
+            return None
+        return fields
+
+    def _admit(self, fields: EventFields, arrival_ms: int | None) -> bool:
+        """The kernel's form of :meth:`_apply` up to the scoring: the dedupe window and the
+        counters; False for a duplicate."""
+        event_id, tenant, contact_id, _, ts = fields
+        key = (tenant, contact_id)
+        if ts > self._arrival_clock:
+            self._arrival_clock = ts
+        if arrival_ms is None:
+            arrival_ms = self._arrival_clock
+        seen = admit(self.seen.get(key, EMPTY), event_id, arrival_ms, self.dedupe_window_ms)
+        if seen is None:
+            self.stats.duplicates += 1
+            return False
+        self.seen[key] = seen
+        self.stats.applied += 1
+        if self.max_event_ms is None or ts > self.max_event_ms:
+            self.max_event_ms = ts
+        return True
+
+    def _score(self, events: list[EventFields]) -> Iterator[Transition]:
+        """Score admitted events with the kernel; their transitions in emission order."""
+        assert self._contacts is not None
+        stats = self.stats
+        for outcome in self._contacts.step(events):
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome:
+                stats.transitions += len(outcome)
+                yield from outcome
 
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts = fields
@@ -243,6 +295,18 @@ class Replayer:
 
     def feed_lines(self, lines: Iterable[bytes | str]) -> Iterator[Transition]:
         """Feed every line; yields transitions in emission order."""
+        if self._contacts is not None:
+            pending: list[EventFields] = []
+            for raw in lines:
+                fields = self._parse(raw, None)
+                if fields is not None and self._admit(fields, None):
+                    pending.append(fields)
+                    if len(pending) >= KERNEL_CHUNK:
+                        yield from self._score(pending)
+                        pending = []
+            if pending:
+                yield from self._score(pending)
+            return
         feed = self.feed
         for raw in lines:
             transitions = feed(raw)
@@ -252,6 +316,12 @@ class Replayer:
     def horizon(self) -> int | None:
         """The time ``finish`` advances to: ``until_ms`` or the largest event timestamp."""
         return self.until_ms if self.until_ms is not None else self.max_event_ms
+
+    def final_states(self) -> dict[tuple[str, str], ContactState]:
+        """Every contact's state, in the order of their first applied events."""
+        if self._contacts is None:
+            return dict(self.states)
+        return {key: self._contacts.state(key) for key in self.seen}
 
     def _solve_all(self) -> None:
         for key in self._unsolved:
@@ -265,6 +335,10 @@ class Replayer:
         horizon = until_ms if until_ms is not None else self.horizon()
         if horizon is None:
             return []
+        if self._contacts is not None:
+            done = self._contacts.finish(horizon)
+            self.stats.transitions += len(done)
+            return done
         queue = [
             (state.due_ms, key)
             for key, state in self.states.items()
@@ -286,6 +360,11 @@ class Replayer:
         """Each contact's snapshot at ``at_ms`` (default: the horizon), sorted by key."""
         self._solve_all()
         at = at_ms if at_ms is not None else self.horizon()
+        contacts = self._contacts
+        if contacts is not None:
+            for key in sorted(self.seen):
+                yield contacts.snapshot(key, contacts.clock(key) if at is None else at)
+            return
         for key in sorted(self.states):
             state = self.states[key]
             yield evaluate(state, state.clock_ms if at is None else at, self._cm)
@@ -308,16 +387,22 @@ def replay(
     until_ms: int | None = None,
     max_bytes: int | None = None,
     dedupe_window_ms: int = DEFAULT_WINDOW_MS,
+    kernel: bool = True,
 ) -> ReplayResult:
-    """Replay ``lines`` in order: the oracle for the streaming worker's outputs."""
+    """Replay ``lines`` in order: the oracle for the streaming worker's outputs (scored by
+    the compiled kernel where it is built; ``kernel=False``: by the Python core)."""
     replayer = Replayer(
-        model, until_ms=until_ms, max_bytes=max_bytes, dedupe_window_ms=dedupe_window_ms
+        model,
+        until_ms=until_ms,
+        max_bytes=max_bytes,
+        dedupe_window_ms=dedupe_window_ms,
+        kernel=kernel,
     )
     transitions = list(replayer.feed_lines(lines))
     transitions.extend(replayer.finish())
     return ReplayResult(
         transitions=transitions,
-        states=dict(replayer.states),
+        states=replayer.final_states(),
         rejects=list(replayer.rejects),
         snapshots=list(replayer.snapshots()),
     )

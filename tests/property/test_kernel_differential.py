@@ -30,7 +30,9 @@ from engagement_index.core.lifecycle import advance, evaluate, step
 from engagement_index.core.model import load_model
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState, encode_state
+from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.kernel import Contacts, model_blob
+from engagement_index.replay import replay
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_FILES = sorted((REPO / "config" / "models").glob("*.yaml"))
@@ -258,3 +260,44 @@ def test_a_state_of_another_model_is_scored_by_the_python_core() -> None:
     assert any(b'"model_change"' in t for t in expected[0])
     assert state is not None
     assert contacts.encoded(key) == encode_state(state)
+
+
+# ------------------------------------------------------------------------------ the replay
+
+
+def _line(fields: EventFields) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": fields.event_id,
+            "tenant": fields.tenant,
+            "contact_id": fields.contact_id,
+            "type": fields.type,
+            "timestamp": ms_to_rfc3339(fields.timestamp_ms),
+        }
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_replay_with_the_kernel_gives_the_python_core_bytes(name: str) -> None:
+    """``replay`` of the workload (with repeated ids, late and unknown events, a bad line):
+    transitions, final snapshots and final states, kernel against Python core."""
+    cm = MODELS[name]
+    events = _bench_fields(cm, 5_000, 300)
+    lines = [_line(f) for f in events]
+    lines += [lines[10], lines[4_000], b"{not json", _line(events[5]._replace(type="x.nope"))]
+    lines.append(_line(events[0]._replace(timestamp_ms=events[-1].timestamp_ms + 1)))
+    model = load_model(REPO / "config" / "models" / f"{name}.yaml")
+    fast, slow = replay(lines, model, kernel=True), replay(lines, model, kernel=False)
+    assert [t.to_json_bytes() for t in fast.transitions] == [
+        t.to_json_bytes() for t in slow.transitions
+    ]
+    assert [s.to_json_bytes() for s in fast.snapshots] == [
+        s.to_json_bytes() for s in slow.snapshots
+    ]
+    assert list(fast.states) == list(slow.states)
+    assert [encode_state(s) for s in fast.states.values()] == [
+        encode_state(s) for s in slow.states.values()
+    ]
+    assert fast.rejects == slow.rejects
+    assert len(fast.rejects) == 2
+    assert len(fast.transitions) > len(fast.states)
