@@ -126,7 +126,11 @@ pub fn crossing_delay_ms(
         if hi - lo < 0.5 {
             break;
         }
-        let mut r = if df < 0.0 { x - (f - threshold) / df } else { f64::INFINITY };
+        let mut r = if df < 0.0 {
+            x - (f - threshold) / df
+        } else {
+            f64::INFINITY
+        };
         if !(lo < r && r < hi) {
             r = if hi != f64::INFINITY {
                 (lo + hi) / 2.0
@@ -234,7 +238,12 @@ pub fn trend_ratio(sums: &[f64], delta: i64, trend: (f64, f64)) -> f64 {
     f * (slow / fast) / s
 }
 
-pub fn trend_crossing_ms(sums: &[f64], trend: (f64, f64), level: f64, max_delay: i64) -> Option<i64> {
+pub fn trend_crossing_ms(
+    sums: &[f64],
+    trend: (f64, f64),
+    level: f64,
+    max_delay: i64,
+) -> Option<i64> {
     let rho = trend_ratio(sums, 0, trend);
     if rho < level {
         return Some(0);

@@ -2,8 +2,8 @@
 //! time solve), statement for statement, for states of the model's own layout.
 
 use crate::decay::{
-    crossing_delay_ms, factor, index_of, late_contribution, max_delay_for, pow2,
-    score, trend_crossing_ms, trend_ratio,
+    crossing_delay_ms, factor, index_of, late_contribution, max_delay_for, pow2, score,
+    trend_crossing_ms, trend_ratio,
 };
 use crate::model::{
     Cond, Lifecycle, Model, Rule, ALL, ANY, CONTACT, EVENT, IN_STAGE, LEVEL, MARKER, TREND,
@@ -156,7 +156,11 @@ impl<'m> Work<'m> {
             entered: vec![ts; n],
             markers: 0,
             marker_ms: vec![None; cm.markers.len()],
-            trend: if cm.trend.is_some() { vec![0.0, 0.0] } else { Vec::new() },
+            trend: if cm.trend.is_some() {
+                vec![0.0, 0.0]
+            } else {
+                Vec::new()
+            },
             caps: vec![[EMPTY_WINDOW, EMPTY_WINDOW]; cm.caps.len()],
         }
     }
@@ -287,7 +291,11 @@ impl<'m> Work<'m> {
                 }
             }
         }
-        self.s.due = if best <= max_delay { Some(self.s.clock + best) } else { None };
+        self.s.due = if best <= max_delay {
+            Some(self.s.clock + best)
+        } else {
+            None
+        };
     }
 
     fn begin_instant(&mut self) {
@@ -321,7 +329,11 @@ impl<'m> Work<'m> {
 
     fn emit(&mut self, lc: &'m Lifecycle, to: usize, change: &Change) -> Result<(), String> {
         let position = lc.position;
-        let from_stage = if change.from_null { None } else { Some(self.s.stages[position]) };
+        let from_stage = if change.from_null {
+            None
+        } else {
+            Some(self.s.stages[position])
+        };
         let previous = if change.from_null {
             0.0
         } else if let Some(p) = self.last_reported[position] {
@@ -401,7 +413,12 @@ impl<'m> Work<'m> {
                     } else {
                         Some(edge.rule_id.as_str())
                     };
-                    let change = Change { reason, cause: context.cause, rule_id, from_null: false };
+                    let change = Change {
+                        reason,
+                        cause: context.cause,
+                        rule_id,
+                        from_null: false,
+                    };
                     self.emit(lc, edge.to, &change)?;
                     fired = true;
                     break;
@@ -411,7 +428,10 @@ impl<'m> Work<'m> {
                 return Ok(());
             }
         }
-        Err(format!("lifecycle {:?}: a same-instant chain did not end", lc.name))
+        Err(format!(
+            "lifecycle '{}': a same-instant chain did not end",
+            lc.name
+        ))
     }
 
     fn run_instant(&mut self, context: &Instant) -> Result<(), String> {
@@ -440,7 +460,12 @@ impl<'m> Work<'m> {
         let due = self.s.due.unwrap();
         self.begin_instant();
         self.rebase(due - self.s.clock);
-        let context = Instant { event_type: None, cause: None, first_event: false, reason: None };
+        let context = Instant {
+            event_type: None,
+            cause: None,
+            first_event: false,
+            reason: None,
+        };
         self.run_instant(&context)?;
         self.solve_due();
         Ok(())
@@ -527,12 +552,19 @@ impl<'m> Work<'m> {
         let slot = slot as usize;
         let (_, n, s) = windows[slot];
         let h = cm.half_life_ms[cap.component];
-        let unit = if age != 0 { pow2(-(age as f64) / h) } else { 1.0 };
+        let unit = if age != 0 {
+            pow2(-(age as f64) / h)
+        } else {
+            1.0
+        };
         let points = rule.points;
         let count = cap.count;
         if n + 1 <= count {
-            self.s.values[cap.component] +=
-                if age != 0 { late_contribution(points, age, h) } else { points };
+            self.s.values[cap.component] += if age != 0 {
+                late_contribution(points, age, h)
+            } else {
+                points
+            };
         } else {
             let old = if n > count {
                 points * (count as f64 / n as f64) * s
@@ -591,7 +623,11 @@ impl<'m> Work<'m> {
     pub fn contact_index(&self) -> f64 {
         let first = &self.cm.lifecycles[0];
         let stage = &first.stages[self.s.stages[0]];
-        index_of(&self.s.values, &self.cm.weights[stage.index as usize], self.cm)
+        index_of(
+            &self.s.values,
+            &self.cm.weights[stage.index as usize],
+            self.cm,
+        )
     }
 
     /// ``evaluate`` of the Python core; changes the work's state (call it on a copy).

@@ -40,12 +40,92 @@ impl Kernel {
     #[new]
     fn new(blob: &str) -> PyResult<Self> {
         let model = Model::from_json(blob).map_err(PyValueError::new_err)?;
-        Ok(Kernel { model: Arc::new(model) })
+        Ok(Kernel {
+            model: Arc::new(model),
+        })
     }
 
     /// An empty store of contact states of this model.
     fn contacts(&self) -> Contacts {
-        Contacts { model: self.model.clone(), states: HashMap::new() }
+        Contacts {
+            model: self.model.clone(),
+            states: HashMap::new(),
+        }
+    }
+
+    /// Fold events into stored states, the worker's form: items (stored state bytes or None
+    /// for a new contact, event fields as in `Contacts.step`, the contact's published index,
+    /// the score step). Per item: None if the kernel does not take the stored state (the
+    /// caller uses the Python core), an error message (a `str`), or (new state bytes, due ms,
+    /// clock ms, transition dicts or None, snapshot dict or None). The snapshot (at the clock)
+    /// is there when a transition happened or the index moved by more than the score step
+    /// from the published one (NaN: never published).
+    fn step_stored(&self, py: Python<'_>, items: &Bound<'_, PyList>) -> PyResult<Py<PyList>> {
+        let model = &*self.model;
+        let view = Contacts {
+            model: self.model.clone(),
+            states: HashMap::new(),
+        };
+        let out = PyList::empty(py);
+        for item in items.iter() {
+            let item = item.downcast_into::<PyTuple>()?;
+            let data = item.get_borrowed_item(0)?;
+            let fields = item.get_item(1)?.downcast_into::<PyTuple>()?;
+            let published: f64 = item.get_borrowed_item(2)?.extract()?;
+            let score_step: f64 = item.get_borrowed_item(3)?.extract()?;
+            let (a, b, c, d) = (
+                fields.get_borrowed_item(0)?,
+                fields.get_borrowed_item(1)?,
+                fields.get_borrowed_item(2)?,
+                fields.get_borrowed_item(3)?,
+            );
+            let event_id: &str = a.extract()?;
+            let tenant: &str = b.extract()?;
+            let contact_id: &str = c.extract()?;
+            let event_type: &str = d.extract()?;
+            let ts: i64 = fields.get_borrowed_item(4)?.extract()?;
+            let rule = *model
+                .rule_by_type
+                .get(event_type)
+                .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+            let (s, first) = if data.is_none() {
+                (Work::new_state(tenant, contact_id, ts, model), true)
+            } else {
+                let bytes = data.downcast::<PyBytes>()?;
+                match state::decode(bytes.as_bytes(), tenant, contact_id, model) {
+                    Some(s) => (s, false),
+                    None => {
+                        out.append(py.None())?;
+                        continue;
+                    }
+                }
+            };
+            let mut work = Work::new(s, model);
+            if let Err(message) = work.step(rule, ts, event_id, first) {
+                out.append(message)?;
+                continue;
+            }
+            let encoded = state::encode(&work.s, model).map_err(PyValueError::new_err)?;
+            let transitions = view.outcome(py, &work.s, &work.transitions)?;
+            let index_now = work.contact_index();
+            let moved = published.is_nan() || (index_now - published).abs() > score_step;
+            let snapshot = if moved || !work.transitions.is_empty() {
+                let at = work.s.clock;
+                let snap = work.evaluate(at).map_err(PyRuntimeError::new_err)?;
+                view.snapshot_dict(py, &work.s, &snap)?.into_any().unbind()
+            } else {
+                py.None()
+            };
+            let result = (
+                PyBytes::new(py, &encoded),
+                work.s.due,
+                work.s.clock,
+                transitions,
+                snapshot,
+            );
+            out.append(result)?;
+        }
+        Ok(out.unbind())
     }
 }
 
@@ -78,7 +158,10 @@ impl Contacts {
         d.set_item(intern!(py, "reason"), &t.reason)?;
         d.set_item(intern!(py, "index"), t.index)?;
         d.set_item(intern!(py, "previous_index"), t.previous_index)?;
-        d.set_item(intern!(py, "components"), self.components(py, &t.components)?)?;
+        d.set_item(
+            intern!(py, "components"),
+            self.components(py, &t.components)?,
+        )?;
         d.set_item(intern!(py, "cause_event_id"), t.cause.as_deref())?;
         d.set_item(intern!(py, "occurred_at"), rfc3339(t.occurred_ms))?;
         d.set_item(intern!(py, "model_version"), &cm.version)?;
@@ -105,10 +188,16 @@ impl Contacts {
         let d = PyDict::new(py);
         d.set_item(intern!(py, "tenant"), &s.tenant)?;
         d.set_item(intern!(py, "contact_id"), &s.contact_id)?;
-        d.set_item(intern!(py, "stage"), &cm.lifecycles[0].stages[snap.stage].name)?;
+        d.set_item(
+            intern!(py, "stage"),
+            &cm.lifecycles[0].stages[snap.stage].name,
+        )?;
         d.set_item(intern!(py, "half"), &cm.index_names[snap.half])?;
         d.set_item(intern!(py, "index"), snap.index)?;
-        d.set_item(intern!(py, "components"), self.components(py, &snap.components)?)?;
+        d.set_item(
+            intern!(py, "components"),
+            self.components(py, &snap.components)?,
+        )?;
         d.set_item(intern!(py, "customer"), snap.customer)?;
         d.set_item(intern!(py, "first_seen_at"), rfc3339(snap.first_seen_ms))?;
         d.set_item(intern!(py, "last_event_at"), rfc3339(snap.last_event_ms))?;
@@ -200,7 +289,10 @@ impl Contacts {
             let key = key_of(tenant, contact_id);
             let (mut work, first) = match self.states.get(&key) {
                 Some(s) => (Work::new(s.clone(), &model), false),
-                None => (Work::new(Work::new_state(tenant, contact_id, ts, &model), &model), true),
+                None => (
+                    Work::new(Work::new_state(tenant, contact_id, ts, &model), &model),
+                    true,
+                ),
             };
             match work.step(rule, ts, event_id, first) {
                 Ok(()) => {
@@ -215,7 +307,11 @@ impl Contacts {
 
     /// The time-driven changes due up to each `until` (items: (tenant, contact id, until ms));
     /// per item the same as `step`.
-    fn advance(&mut self, py: Python<'_>, items: Vec<(String, String, i64)>) -> PyResult<Py<PyList>> {
+    fn advance(
+        &mut self,
+        py: Python<'_>,
+        items: Vec<(String, String, i64)>,
+    ) -> PyResult<Py<PyList>> {
         let out = PyList::empty(py);
         let model = self.model.clone();
         for (tenant, contact_id, until) in items {
@@ -247,9 +343,12 @@ impl Contacts {
             .states
             .iter()
             .filter_map(|(key, s)| match s.due {
-                Some(d) if d <= horizon => {
-                    Some(Reverse((d, s.tenant.clone(), s.contact_id.clone(), key.clone())))
-                }
+                Some(d) if d <= horizon => Some(Reverse((
+                    d,
+                    s.tenant.clone(),
+                    s.contact_id.clone(),
+                    key.clone(),
+                ))),
                 _ => None,
             })
             .collect();
@@ -263,7 +362,12 @@ impl Contacts {
             }
             if let Some(d) = work.s.due {
                 if d <= horizon {
-                    queue.push(Reverse((d, work.s.tenant.clone(), work.s.contact_id.clone(), key.clone())));
+                    queue.push(Reverse((
+                        d,
+                        work.s.tenant.clone(),
+                        work.s.contact_id.clone(),
+                        key.clone(),
+                    )));
                 }
             }
             self.states.insert(key, work.s);
@@ -316,7 +420,10 @@ impl Contacts {
 
     /// Every contact: (tenant, contact id), in no particular order.
     fn list_keys(&self) -> Vec<(String, String)> {
-        self.states.values().map(|s| (s.tenant.clone(), s.contact_id.clone())).collect()
+        self.states
+            .values()
+            .map(|s| (s.tenant.clone(), s.contact_id.clone()))
+            .collect()
     }
 
     fn remove(&mut self, tenant: &str, contact_id: &str) -> bool {

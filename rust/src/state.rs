@@ -95,12 +95,18 @@ pub fn decode(data: &[u8], tenant: &str, contact_id: &str, model: &Model) -> Opt
     bitmap[..BITMAP].copy_from_slice(&data[pos..pos + BITMAP]);
     let days = u128::from_le_bytes(bitmap);
     pos += BITMAP;
-    let values: Vec<f64> = (0..model.names.len()).map(|i| read_f64(data, pos + 8 * i)).collect();
+    let values: Vec<f64> = (0..model.names.len())
+        .map(|i| read_f64(data, pos + 8 * i))
+        .collect();
     pos += 8 * model.names.len();
     if !(MIN_MS <= first && first <= last && last <= clock && clock <= MAX_MS) {
         return None;
     }
-    let due = if due_delta != 0 { Some(clock + due_delta) } else { None };
+    let due = if due_delta != 0 {
+        Some(clock + due_delta)
+    } else {
+        None
+    };
     let mut stages = Vec::with_capacity(model.lifecycles.len());
     let mut entered = Vec::with_capacity(model.lifecycles.len());
     for _ in 0..model.lifecycles.len() {

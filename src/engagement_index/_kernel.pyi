@@ -4,10 +4,16 @@ from collections.abc import Sequence
 from typing import Any
 
 Outcome = list[dict[str, Any]] | str | None
+#: new state bytes, due ms, clock ms, transitions, snapshot
+Stored = tuple[bytes, int | None, int, list[dict[str, Any]] | None, dict[str, Any] | None]
+StoredOutcome = Stored | str | None
 
 class Kernel:
     def __init__(self, blob: str) -> None: ...
     def contacts(self) -> Contacts: ...
+    def step_stored(
+        self, items: Sequence[tuple[bytes | None, tuple[str, str, str, str, int], float, float]]
+    ) -> list[StoredOutcome]: ...
 
 class Contacts:
     def load(self, tenant: str, contact_id: str, data: bytes) -> bool: ...

@@ -115,7 +115,7 @@ def model_blob(cm: CompiledModel) -> str:
     return json.dumps(blob, allow_nan=False, separators=(",", ":"))
 
 
-def kernel_for(cm: CompiledModel) -> Any:
+def kernel_for(cm: CompiledModel) -> _kernel.Kernel | None:
     """The kernel of ``cm`` (made once per compiled model), or None where it is not used."""
     if not kernel_available():
         return None
