@@ -69,6 +69,9 @@ TARGETS = {
     "bytes_per_contact": 256,
     "recovery_contacts_per_s": 100_000,
     "replay_events_per_s": 300_000,
+    # issue 17 (the compiled kernel)
+    "worker_vs_peer_kernel": 1.5,
+    "replay_vs_json_parse": 1.0,
 }
 
 _T0 = time.monotonic()
@@ -633,13 +636,41 @@ class Run:
             "peak_rss_bytes": peak,
         }
 
+    # -- (2b)
+    def consume_limit(self) -> None:
+        log("(2b) consume-only limit: a bare aiokafka consumer, no decode")
+        result = self._timed_subprocess(
+            [
+                sys.executable,
+                str(BENCH / "consume_limit.py"),
+                "--bootstrap",
+                self.broker.bootstrap,
+                "--topics",
+                ",".join(self.inbound.values()),
+                "--group",
+                f"{self.prefix}-consume",
+                "--events",
+                str(self.n),
+            ],
+            self.run_dir / "consume_limit.log",
+        )
+        self.results["consume_limit"] = result
+        log(f"(2b) consume-only limit: {result['events_per_s']:,.0f} events/s from process start")
+
     # -- (3)
     def peer(self) -> None:
+        """The peer twice: with the pure-Python core, then with the compiled kernel."""
+        self.results["peer"] = self._peer("python", {"ENGAGEMENT_INDEX_KERNEL": "python"})
+        self.results["peer_kernel"] = self._peer("kernel", {})
+
+    def _peer(self, label: str, extra_env: dict[str, str]) -> dict[str, Any]:
         python = ensure_quix_venv()
-        log("(3) peer: Quix Streams app with the same pure core and RocksDB state")
-        out = f"{self.prefix}.quix-out"
+        log(f"(3) peer ({label}): Quix Streams app with the same core and RocksDB state")
+        out = f"{self.prefix}.quix-{label}-out"
         self.k().create_topic(out, 6)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env.pop("ENGAGEMENT_INDEX_KERNEL", None)
+        env.update(extra_env)
         result = self._timed_subprocess(
             [
                 str(python),
@@ -651,22 +682,22 @@ class Run:
                 "--out",
                 out,
                 "--group",
-                f"{self.prefix}-quix",
+                f"{self.prefix}-quix-{label}",
                 "--state-dir",
-                str(self.run_dir / "quix-state"),
+                str(self.run_dir / f"quix-state-{label}"),
                 "--model",
                 str(MODEL),
                 "--events",
                 str(self.n),
             ],
-            self.run_dir / "peer_quix.log",
+            self.run_dir / f"peer_quix_{label}.log",
             env,
         )
-        self.results["peer"] = result
         log(
-            f"(3) peer: {result['events_per_s']:,.0f} events/s from process start, "
+            f"(3) peer ({label}): {result['events_per_s']:,.0f} events/s from process start, "
             f"{result['transitions']:,} transitions"
         )
+        return result
 
     # -- (4)
     def worker_throughput(self) -> None:
@@ -1128,6 +1159,14 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "worker_events_per_s_from_first_record": w.get("events_per_s_from_first_record"),
         "worker_vs_client": ratio(worker_rate, results.get("client_limit", {}).get("events_per_s")),
         "worker_vs_peer": ratio(worker_rate, results.get("peer", {}).get("events_per_s")),
+        "worker_vs_peer_kernel": ratio(
+            worker_rate, results.get("peer_kernel", {}).get("events_per_s")
+        ),
+        "worker_vs_consume": ratio(
+            worker_rate, results.get("consume_limit", {}).get("events_per_s")
+        ),
+        "replay_vs_json_parse": results.get("replay", {}).get("vs_json_parse"),
+        "replay_vs_python_core": results.get("replay", {}).get("vs_python_core"),
         "worker_vs_broker": ratio(worker_rate, results.get("broker_limit", {}).get("events_per_s")),
         "p99_ms": results.get("latency", {}).get("p99_ms"),
         "bytes_per_contact": results.get("footprint", {}).get("rocksdb_bytes_per_contact"),
@@ -1159,7 +1198,19 @@ def print_table(results: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = [
         ("(1) broker limit (ConsumerPerformance)", _fmt(b.get("events_per_s")), "records/s", ""),
         ("(2) Python client limit (aiokafka)", _fmt(c.get("events_per_s")), "events/s", ""),
-        ("(3) peer (Quix Streams + same core)", _fmt(p.get("events_per_s")), "events/s", ""),
+        (
+            "(2b) consume-only limit (aiokafka)",
+            _fmt(g("consume_limit", {}).get("events_per_s")),
+            "events/s",
+            "",
+        ),
+        ("(3) peer (Quix Streams + Python core)", _fmt(p.get("events_per_s")), "events/s", ""),
+        (
+            "    peer (Quix Streams + kernel)",
+            _fmt(g("peer_kernel", {}).get("events_per_s")),
+            "events/s",
+            "",
+        ),
         ("(4) worker, from process start", _fmt(w.get("events_per_s")), "events/s", ""),
         (
             "    worker, from first record",
@@ -1179,6 +1230,13 @@ def print_table(results: dict[str, Any]) -> None:
             "x",
             check(h["worker_vs_peer"], TARGETS["worker_vs_peer"]),
         ),
+        (
+            "    worker / peer with the kernel",
+            _fmt(h["worker_vs_peer_kernel"], 2),
+            "x",
+            check(h["worker_vs_peer_kernel"], TARGETS["worker_vs_peer_kernel"]),
+        ),
+        ("    worker / consume-only limit", _fmt(h["worker_vs_consume"], 2), "x", ""),
         ("    worker / broker limit", _fmt(h["worker_vs_broker"], 3), "x", ""),
         (
             "    worker >= 50,000 events/s",
@@ -1209,6 +1267,15 @@ def print_table(results: dict[str, Any]) -> None:
             "events/s",
             check(rep.get("events_per_s"), TARGETS["replay_events_per_s"]),
         ),
+        ("    replay, Python core", _fmt(rep.get("python_core_events_per_s")), "events/s", ""),
+        ("    replay JSON-parse limit", _fmt(rep.get("json_parse_events_per_s")), "events/s", ""),
+        (
+            "    replay / JSON-parse limit",
+            _fmt(h["replay_vs_json_parse"], 2),
+            "x",
+            check(h["replay_vs_json_parse"], TARGETS["replay_vs_json_parse"]),
+        ),
+        ("    replay / Python core", _fmt(h["replay_vs_python_core"], 2), "x", ""),
         ("(8) peak RSS of the worker", _fmt((fp.get("peak_rss_bytes") or 0) / 2**20), "MiB", ""),
         (
             "    RocksDB bytes per contact (contacts table)",
@@ -1265,6 +1332,7 @@ def append_history(results: dict[str, Any]) -> None:
 PHASES: dict[str, Callable[[Run], None]] = {
     "broker": Run.broker_limit,
     "client": Run.client_limit,
+    "consume": Run.consume_limit,
     "peer": Run.peer,
     "worker": Run.worker_throughput,
     "latency": Run.latency,
@@ -1297,7 +1365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["broker", "client", "peer", "latency", "replay"],
+        choices=["broker", "client", "consume", "peer", "latency", "replay"],
         help="leave a phase out (repeatable); the results then lack its figures",
     )
     parser.add_argument(
