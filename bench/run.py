@@ -798,11 +798,13 @@ class Run:
         log(f"profile: py-spy for {seconds}s into {out.relative_to(REPO)}")
         self.results["profile_file"] = str(out)
         time.sleep(3)  # past the imports
+        # --native (the kernel's frames too) needs py-spy to pause the process for each sample
+        mode = ["--native"] if self.args.profile_native else ["--nonblocking"]
         return subprocess.Popen(
             [
                 str(py_spy),
                 "record",
-                "--nonblocking",
+                *mode,
                 "--format",
                 "raw",
                 "-o",
@@ -1380,6 +1382,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0,
         help="record a py-spy profile of the worker for this long during (4)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="with --profile-seconds: py-spy --native (native frames, the kernel's included)",
     )
     parser.add_argument(
         "--cprofile",
