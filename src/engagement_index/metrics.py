@@ -65,6 +65,12 @@ class Metrics:
         self.decay_ticks = Counter(
             "engagement_decay_ticks_total", "Decay wake-ups sent by the timer.", registry=r
         )
+        self.decay_ticks_deferred = Counter(
+            "engagement_decay_ticks_deferred_total",
+            "Decay wake-ups not applied when scored, because their partition's event sources "
+            "were not read to the end then (sent again by the timer).",
+            registry=r,
+        )
         self.decay_held_partitions = Gauge(
             "engagement_decay_held_partitions",
             "Partitions whose decay wake-ups wait until their event sources are read to the end.",

@@ -295,7 +295,10 @@ class Worker:
             db = daily_store._db_for_partition(records[index].partition)
             return [day for day, _ in stored_days(db, key, before)]
 
-        outcome = self.scorer.process(records, load_contact, load_history, list_days)
+        ticks = self.topology.internal.ticks.name
+        woken = {r.partition for r in records if r.topic == ticks}
+        held = [p for p in woken if not await self._caught_up(p)] if woken else []
+        outcome = self.scorer.process(records, load_contact, load_history, list_days, held)
         try:
             await self._send_all(outcome.sends)
         except asyncio.CancelledError:

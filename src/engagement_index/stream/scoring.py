@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -174,19 +174,31 @@ class BatchScorer:
         load_contact: Callable[[bytes, int], bytes | None],
         load_history: Callable[[bytes, int], bytes | None],
         list_days: ListDays | None = None,
+        held: Collection[int] = (),
     ) -> BatchOutcome:
-        """Score ``records`` in order; never raises for a bad record.
+        """Score ``records`` in order, wake-ups last; never raises for a bad record.
 
         Each contact's stored value is decoded at most once per batch and encoded once at the
         end (one table write, so one changelog record, per contact per batch). ``list_days``
-        lists a contact's stored days of the daily table (None: there are none).
+        lists a contact's stored days of the daily table (None: there are none). ``held``:
+        partitions whose event sources are not read to their end; their wake-ups are deferred
+        (the contact stays due in the due-time index, and the timer sends it again).
+
+        Wake-ups are applied after every other record of the batch: a wake-up that was fetched
+        together with events that precede it in time (a fetch read again after a restart or a
+        dropped fetch) must not be applied before them.
         """
         out = BatchOutcome()
         daily = DailyBatch(self.settings.history_days)
         batch = _Batch(out, load_contact, load_history, self.clock_ms(), daily)
         outcomes: Counter[tuple[str, str]] = Counter()
         channels = self._channels
+        tick_topic = self._tick_topic
+        ticks: list[int] = []
         for index, record in enumerate(records):
+            if record.topic == tick_topic:
+                ticks.append(index)
+                continue
             channel = channels.get(record.topic) or self.topology.channel_of(record.topic)
             try:
                 outcome = self._process_one(batch, index, record)
@@ -197,6 +209,17 @@ class BatchScorer:
                 outcome = "dead_lettered"
             if outcome:
                 outcomes[(channel, outcome)] += 1
+        for index in ticks:
+            record = records[index]
+            try:
+                if record.partition in held:
+                    self._defer_tick(batch, index, record)
+                else:
+                    self._process_tick(batch, index, record)
+            except Exception as exc:  # a bug must not stop the partition: dead-letter it
+                self.metrics.errors.labels(where="score").inc()
+                failure = FailureType.INTERNAL_ERROR
+                self._dead_letter(out, record, failure, repr(exc), batch.now_ms)
         contacts = batch.contacts
         histories = batch.histories
         now_ms = batch.now_ms
@@ -244,9 +267,6 @@ class BatchScorer:
             self._snapshot_count = 0
 
     def _process_one(self, batch: _Batch, index: int, record: InboundRecord) -> str | None:
-        if record.topic == self._tick_topic:
-            self._process_tick(batch, index, record)
-            return None
         if record.topic == self._erasure_topic:
             self._process_erasure(batch, index, record)
             return None
@@ -324,6 +344,13 @@ class BatchScorer:
         if fields.timestamp_ms > newest.get(record.topic, -1):
             newest[record.topic] = fields.timestamp_ms
         return "duplicate" if duplicate else "scored"
+
+    def _defer_tick(self, batch: _Batch, index: int, record: InboundRecord) -> None:
+        """A wake-up of a held partition: not applied. The due-time index still holds the
+        contact (the timer moved it to its retry time when it sent the wake-up), so the timer
+        sends it again once the partition is read to its end."""
+        if record.key is not None and record.value is not None and len(record.value) == TICK.size:
+            self.metrics.decay_ticks_deferred.inc()
 
     def _process_tick(self, batch: _Batch, index: int, record: InboundRecord) -> None:
         if record.key is None or record.value is None or len(record.value) != TICK.size:

@@ -255,6 +255,48 @@ def test_a_tick_emits_the_decay_transition_at_its_due_time(scorer: BatchScorer) 
     assert decode_tick(encode_tick(due)) == due
 
 
+def purchase_ready(scorer: BatchScorer, tables: Tables) -> int:
+    """A contact in ``purchase`` with a pending decay; its due time."""
+    hot = ("web.form_submit", "email.click", "social.share")
+    out = run(scorer, tables, [rec(i, event(i, 36_000 + i, hot[i % 3])) for i in range(30)])
+    due = out.due_updates[KEY][1]  # type: ignore[attr-defined]
+    assert due is not None
+    return int(due)
+
+
+def stage_changes(out: BatchOutcome) -> list[dict[str, object]]:
+    return [json.loads(s.value or b"") for s in out.sends if s.topic == "engagement.stage-changes"]
+
+
+def test_a_tick_fetched_before_an_earlier_event_is_applied_after_it(scorer: BatchScorer) -> None:
+    """A wake-up read in the same fetch as an event that precedes its due time (a fetch read
+    again after a restart): the event is applied first, so the contact does not decay."""
+    tables = Tables()
+    due = purchase_ready(scorer, tables)
+    tick = InboundRecord("engagement-index.ticks", 0, 0, KEY, encode_tick(due), NOW)
+    later = rec(30, event(30, 38_000, "email.click"))  # 10:33, before the crossing
+    out = run(scorer, tables, [tick, later])
+    assert isinstance(out, BatchOutcome)
+    assert stage_changes(out) == [], "the event moved the crossing past the wake-up"
+    new_due = out.due_updates[KEY][1]
+    assert new_due is not None
+    assert new_due > due
+
+
+def test_a_tick_of_a_partition_not_read_to_its_end_is_deferred(scorer: BatchScorer) -> None:
+    tables = Tables()
+    due = purchase_ready(scorer, tables)
+    tick = InboundRecord("engagement-index.ticks", 3, 0, KEY, encode_tick(due), NOW)
+    held = scorer.process([tick], tables.load_contact, tables.load_history, held=[3])
+    assert held.sends == []
+    assert held.contact_writes == {}
+    assert held.due_updates == {}
+    text = scorer.metrics.render().decode()
+    assert "engagement_decay_ticks_deferred_total 1.0" in text
+    applied = scorer.process([tick], tables.load_contact, tables.load_history, held=[2])
+    assert [d["reason"] for d in stage_changes(applied)] == ["decay"]
+
+
 def test_the_stored_state_names_the_stage(scorer: BatchScorer) -> None:
     tables = Tables()
     out = run(scorer, tables, [rec(0, event(0, 36_000, etype="commerce.purchase"))])
