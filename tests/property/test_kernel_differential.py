@@ -145,8 +145,9 @@ GAPS = st.one_of(
 
 @st.composite
 def streams(draw: st.DrawFn, cm: CompiledModel) -> list[Op]:
-    """Operations on up to three contacts: events (some late), wake-ups, snapshots, reloads,
-    and events placed at a contact's due time (solved by the Python core) or 1 ms off it."""
+    """Operations on up to three contacts: events (some late), bursts of one type (past the
+    caps of capped rules), wake-ups, snapshots, reloads, and events placed at a contact's due
+    time (solved by the Python core) or 1 ms off it."""
     types = sorted(cm.rules)
     keys = [(TENANTS[i % 2], f"c{i}") for i in range(draw(st.integers(1, 3)))]
     now = START_MS
@@ -154,7 +155,8 @@ def streams(draw: st.DrawFn, cm: CompiledModel) -> list[Op]:
     py = PythonRun(cm)
     for n in range(draw(st.integers(1, 50))):
         key = draw(st.sampled_from(keys))
-        kind = draw(st.sampled_from(("event",) * 6 + ("due", "advance", "snapshot", "reload")))
+        kinds = ("event",) * 6 + ("burst", "due", "advance", "snapshot", "reload")
+        kind = draw(st.sampled_from(kinds))
         state = py.states.get(key)
         if kind == "due" and state is not None and state.due_ms is not None:
             ts = state.due_ms + draw(st.sampled_from((-1, 0, 1)))
@@ -163,7 +165,15 @@ def streams(draw: st.DrawFn, cm: CompiledModel) -> list[Op]:
             ts = now - draw(st.integers(0, 30 * MS_PER_DAY))  # late
         else:
             ts = now + draw(GAPS)
-        if kind in ("event", "due"):
+        if kind == "burst":
+            event_type = draw(st.sampled_from(types))
+            for b in range(draw(st.integers(2, 25))):
+                ts = now + draw(st.integers(0, 60_000))
+                fields = EventFields(f"e{n}.{b}", key[0], key[1], event_type, ts)
+                ops.append(("event", fields))
+                py.event(fields)
+                now = max(now, ts)
+        elif kind in ("event", "due"):
             event_type = draw(st.sampled_from(types))
             fields = EventFields(f"e{n}", key[0], key[1], event_type, ts)
             ops.append(("event", fields))
@@ -301,3 +311,33 @@ def test_the_replay_with_the_kernel_gives_the_python_core_bytes(name: str) -> No
     assert fast.rejects == slow.rejects
     assert len(fast.rejects) == 2
     assert len(fast.transitions) > len(fast.states)
+
+
+CAPPED = [
+    (name, event_type)
+    for name, cm in sorted(MODELS.items())
+    for event_type, rule in sorted(cm.rules.items())
+    if rule.cap >= 0
+]
+
+
+@pytest.mark.parametrize(("name", "event_type"), CAPPED)
+def test_capped_rules_past_their_caps_give_identical_bytes(name: str, event_type: str) -> None:
+    """Past the cap in one window, into the next two, late into the previous one and too late
+    for both kept windows (not counted), with other types between."""
+    cm = MODELS[name]
+    cap = cm.caps[cm.rules[event_type].cap]
+    other = next(t for t in sorted(cm.rules) if t != event_type)
+    key = ("north", "capped")
+    ops: list[Op] = []
+    times = [START_MS + i * cap.per_ms // (3 * cap.count) for i in range(3 * cap.count + 2)]
+    times += [START_MS + cap.per_ms + i for i in range(cap.count + 3)]
+    times += [START_MS + 2 * cap.per_ms + 5, START_MS + cap.per_ms - 7, START_MS - cap.per_ms]
+    for n, ts in enumerate(times):
+        ops.append(("event", EventFields(f"c{n}", *key, event_type, ts)))
+        if n % 4 == 0:
+            ops.append(("event", EventFields(f"o{n}", *key, other, ts)))
+    ops.append(("advance", key, START_MS + 400 * MS_PER_DAY))
+    ops.append(("snapshot", key, START_MS + 500 * MS_PER_DAY))
+    assert len(CAPPED) >= 1
+    _run(cm, ops)
