@@ -10,7 +10,7 @@ KAFKA := dev/kafka/kafka.sh
 KERNEL_SOURCES := rust/Cargo.toml $(wildcard rust/Cargo.lock rust/src/*.rs)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint typecheck unit integration reliability soak run bench bench-segments kafka-start kafka-stop kafka-status lock clean
+.PHONY: help setup test lint typecheck unit integration reliability soak run bench bench-segments bench-merge kafka-start kafka-stop kafka-status lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench: setup ## benchmarks, not part of test (EVENTS=n, ARGS="--contacts n --lat
 
 bench-segments: setup ## segment lists and summary on 1,000,000 contacts, two workers (ARGS="--contacts n ...")
 	$(BIN)/python bench/segments.py $(ARGS)
+
+bench-merge: setup ## identity merge: records and CPU per merge, latency on a broker (ARGS="--merges n --no-broker")
+	$(BIN)/python bench/merge.py $(ARGS)
 
 kafka-start: ## start the local single-node broker (idempotent)
 	@$(KAFKA) start

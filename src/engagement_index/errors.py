@@ -40,6 +40,10 @@ class StateDecodeError(EngagementIndexError):
     """A stored contact state or contact key cannot be decoded."""
 
 
+class IdentityRecordError(EngagementIndexError):
+    """A record of the identity merge protocol cannot be read (``stream/identity.py``)."""
+
+
 class BatchWriteError(BrokerError):
     """A batch's outputs or changelog records were not acknowledged: the batch is retried.
 

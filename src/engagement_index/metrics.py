@@ -137,6 +137,12 @@ class Metrics:
             ["outcome"],  # erased | not_found | invalid
             registry=r,
         )
+        self.identity_links = Counter(
+            "engagement_identity_links_total",
+            "Identity links (identify/alias) by step and outcome (docs/streaming.md).",
+            ["step", "outcome"],  # step: link | absorb | merge; outcome: fixed set
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition of this registry."""

@@ -23,6 +23,7 @@ from engagement_index.core.state import ContactState
 from engagement_index.core.timestamps import MIN_MS, MS_PER_DAY
 from engagement_index.errors import EventRejected
 from engagement_index.kernel import Contacts
+from engagement_index.replay_identity import ReplayIdentities, is_identity_record
 
 #: Events scored per call of the kernel by :meth:`Replayer.feed_lines`.
 KERNEL_CHUNK = 4096
@@ -66,6 +67,7 @@ class ReplayStats:
     rejected: int = 0
     transitions: int = 0
     points: int = 0
+    merges: int = 0
 
 
 class Replayer:
@@ -93,7 +95,8 @@ class Replayer:
     ``kernel=True`` scores with the compiled kernel (``engagement_index.kernel``) where it is
     built and not switched off, in chunks of :data:`KERNEL_CHUNK` events, with exactly the
     outputs of the Python core; it does not report daily points (``daily`` uses the Python
-    core). The final states are then read with :meth:`final_states` (``states`` stays empty).
+    core), and the first identity record moves the states to the Python core, which goes on
+    from there. Read the final states with :meth:`final_states` (``states`` holds the core's).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Replayer:
         dedupe_window_ms: int = DEFAULT_WINDOW_MS,
         daily: DailySeries | None = None,
         kernel: bool = False,
+        blocked_ids: Iterable[str] = (),
     ) -> None:
         self.model = model
         self.daily = daily
@@ -128,6 +132,8 @@ class Replayer:
         contacts = Contacts(self._cm) if kernel and daily is None else None
         #: the kernel's states (None: the Python core's, in ``states``)
         self._contacts = contacts if contacts is not None and contacts.uses_kernel else None
+        #: identity merge: identify/alias records in the input (``ReplayIdentities``)
+        self.identities = ReplayIdentities(self, frozenset(blocked_ids))
 
     def reject(self, line: int, failure: FailureType | str, reason: str) -> None:
         """Record a rejected line."""
@@ -147,6 +153,10 @@ class Replayer:
         timestamp); the dedupe window counts from it. Default: the largest event timestamp
         read so far, this one included (the file's clock).
         """
+        if is_identity_record(raw):
+            self.stats.lines += 1
+            self._leave_kernel()
+            return self.identities.feed(raw, self.stats.lines if line is None else line)
         fields = self._parse(raw, line)
         if fields is None:
             return []
@@ -193,6 +203,15 @@ class Replayer:
             self.max_event_ms = ts
         return True
 
+    def _leave_kernel(self) -> None:
+        """Move the kernel's states to the Python core (``states``), which scores from here on:
+        identity merges (``replay_identity``) work on the core's states. The kernel's due times
+        are solved, so none is left unsolved."""
+        contacts = self._contacts
+        if contacts is not None:
+            self.states = {key: contacts.state(key) for key in self.seen}
+            self._contacts = None
+
     def _score(self, events: list[EventFields]) -> Iterator[Transition]:
         """Score admitted events with the kernel; their transitions in emission order."""
         assert self._contacts is not None
@@ -207,6 +226,10 @@ class Replayer:
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts = fields
         key = (tenant, contact_id)
+        survivor = self.identities.alias_of.get(key)
+        if survivor is not None:  # an absorbed id: its events count on its survivor
+            fields = EventFields(event_id, tenant, survivor, fields.type, ts)
+            key = (tenant, survivor)
         if ts > self._arrival_clock:
             self._arrival_clock = ts
         if arrival_ms is None:
@@ -295,18 +318,23 @@ class Replayer:
 
     def feed_lines(self, lines: Iterable[bytes | str]) -> Iterator[Transition]:
         """Feed every line; yields transitions in emission order."""
+        lines = iter(lines)
         if self._contacts is not None:
             pending: list[EventFields] = []
             for raw in lines:
+                if is_identity_record(raw):  # the core from here on (_leave_kernel)
+                    yield from self._score(pending)
+                    yield from self.feed(raw)
+                    break
                 fields = self._parse(raw, None)
                 if fields is not None and self._admit(fields, None):
                     pending.append(fields)
                     if len(pending) >= KERNEL_CHUNK:
                         yield from self._score(pending)
                         pending = []
-            if pending:
+            else:
                 yield from self._score(pending)
-            return
+                return
         feed = self.feed
         for raw in lines:
             transitions = feed(raw)

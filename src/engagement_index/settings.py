@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="a re-sent event id arriving within this time of the applied copy "
         "(by record timestamp) is ignored",
     )
+    identity_blocked_ids: list[str] = Field(
+        default_factory=list,
+        description="ids that never merge, besides null, undefined, anonymous, 0 and empty "
+        "(compared case-folded, white space stripped); JSON list",
+    )
     rocksdb_block_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     rocksdb_write_buffer_bytes: int = Field(
         default=4 * 1024 * 1024,

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engagement_index.errors import TopologyError
 
@@ -61,6 +68,7 @@ class OutboundTopics(_Frozen):
     dead_letters: TopicSpec
     identities: TopicSpec = TopicSpec(name="engagement.identities", retention="30d")
     erasures: TopicSpec = TopicSpec(name="engagement.erasures", retention="30d")
+    merges: TopicSpec = TopicSpec(name="engagement.merges", retention="30d")
 
 
 class InternalTopics(_Frozen):
@@ -69,6 +77,8 @@ class InternalTopics(_Frozen):
     erasure_requests: TopicSpec = TopicSpec(
         name="engagement-index.erasure-requests", retention="7d"
     )
+    merge_requests: TopicSpec = TopicSpec(name="engagement-index.merge-requests", retention="7d")
+    merge_transfers: TopicSpec = TopicSpec(name="engagement-index.merge-transfers", retention="7d")
 
 
 class TableSpec(_Frozen):
@@ -85,7 +95,7 @@ class Topology(_Frozen):
     inbound: dict[Literal["web", "email", "social", "commerce", "product"], TopicSpec]
     outbound: OutboundTopics
     internal: InternalTopics
-    tables: dict[Literal["contacts", "history", "daily"], TableSpec]
+    tables: dict[Literal["contacts", "history", "daily", "aliases"], TableSpec]
 
     @field_validator("inbound")
     @classmethod
@@ -97,6 +107,16 @@ class Topology(_Frozen):
                     "(co-partitioning); remove this key"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _identities_co_partitioned(self) -> Topology:
+        partitions = self.outbound.identities.partitions
+        if partitions is not None and partitions != self.scoring_partitions:
+            raise ValueError(
+                "outbound.identities.partitions: the worker reads the identities topic, so it "
+                "takes scoring_partitions (co-partitioning); remove this key"
+            )
+        return self
 
     def changelog_topic(self, table: str) -> str:
         """Faust's changelog topic name for ``table``."""
@@ -113,6 +133,17 @@ class Topology(_Frozen):
             self.internal.rekey.name,
             self.internal.ticks.name,
             self.internal.erasure_requests.name,
+            *self.identity_sources,
+        ]
+
+    @property
+    def identity_sources(self) -> list[str]:
+        """The identity merge's sources (docs/streaming.md#identity-merge): the identities
+        topic and the two internal steps, co-partitioned with the others."""
+        return [
+            self.outbound.identities.name,
+            self.internal.merge_requests.name,
+            self.internal.merge_transfers.name,
         ]
 
     def channel_of(self, topic: str) -> str:
@@ -124,13 +155,22 @@ class Topology(_Frozen):
             return "rekeyed"
         if topic == self.internal.erasure_requests.name:
             return "erasure"
+        if topic in self.identity_sources:
+            return "identity"
         return "tick"
 
     def all_topics(self) -> Iterator[tuple[str, int, TopicSpec]]:
         """Every topic with its partition count: what ``topics create`` makes."""
         for spec in self.inbound.values():
             yield spec.name, self.scoring_partitions, spec
-        for spec in (self.internal.rekey, self.internal.ticks, self.internal.erasure_requests):
+        internal = self.internal
+        for spec in (
+            internal.rekey,
+            internal.ticks,
+            internal.erasure_requests,
+            internal.merge_requests,
+            internal.merge_transfers,
+        ):
             yield spec.name, self.scoring_partitions, spec
         for spec in (
             self.outbound.stage_changes,
@@ -138,6 +178,7 @@ class Topology(_Frozen):
             self.outbound.dead_letters,
             self.outbound.identities,
             self.outbound.erasures,
+            self.outbound.merges,
         ):
             yield spec.name, spec.partitions or self.scoring_partitions, spec
         for table, table_spec in self.tables.items():

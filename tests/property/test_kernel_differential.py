@@ -341,3 +341,36 @@ def test_capped_rules_past_their_caps_give_identical_bytes(name: str, event_type
     ops.append(("snapshot", key, START_MS + 500 * MS_PER_DAY))
     assert len(CAPPED) >= 1
     _run(cm, ops)
+
+
+def test_identity_records_move_the_replay_to_the_python_core_with_the_same_bytes() -> None:
+    """An identify record halfway: the kernel's states go to the Python core, which merges
+    and goes on; the outputs are those of a replay on the Python core throughout."""
+    cm = MODELS["default"]
+    events = _bench_fields(cm, 4_000, 200)
+    lines = [_line(f) for f in events]
+    first = events[100]
+    second = next(
+        f for f in events if f.tenant == first.tenant and f.contact_id != first.contact_id
+    )
+    link = {
+        "kind": "identify",
+        "event_id": "i-1",
+        "tenant": first.tenant,
+        "contact_id": first.contact_id,
+        "anonymous_id": second.contact_id,
+        "timestamp": ms_to_rfc3339(events[2_000].timestamp_ms),
+    }
+    lines.insert(2_000, orjson.dumps(link))
+    model = load_model(REPO / "config" / "models" / "default.yaml")
+    fast, slow = replay(lines, model, kernel=True), replay(lines, model, kernel=False)
+    assert [t.to_json_bytes() for t in fast.transitions] == [
+        t.to_json_bytes() for t in slow.transitions
+    ]
+    snapshots = [s.to_json_bytes() for s in fast.snapshots]
+    assert snapshots == [s.to_json_bytes() for s in slow.snapshots]
+    assert [encode_state(s) for s in fast.states.values()] == [
+        encode_state(s) for s in slow.states.values()
+    ]
+    assert (second.tenant, second.contact_id) not in fast.states  # absorbed by the merge
+    assert (first.tenant, first.contact_id) in fast.states

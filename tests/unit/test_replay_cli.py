@@ -185,3 +185,41 @@ def test_replayer_api() -> None:
     assert len(out) == replayer.stats.transitions == 6
     assert [r.line for r in replayer.rejects] == REJECTED_LINES
     assert set(replayer.states) == {("acme", "c-1"), ("acme", "c-2"), ("acme", "c-3")}
+
+
+def test_identity_records_merge_and_blocked_ids_are_rejected(tmp_path: Path) -> None:
+    def event(n: int, contact: str) -> str:
+        return json.dumps(
+            {
+                "event_id": f"e{n}",
+                "tenant": "acme",
+                "contact_id": contact,
+                "type": "web.form_submit",
+                "timestamp": f"2026-11-01T10:0{n}:00Z",
+            }
+        )
+
+    def link(anon: str) -> str:
+        return json.dumps(
+            {
+                "kind": "identify",
+                "event_id": f"i-{anon}",
+                "tenant": "acme",
+                "contact_id": "user",
+                "anonymous_id": anon,
+                "timestamp": "2026-11-01T10:05:00Z",
+            }
+        )
+
+    lines = [event(1, "anon"), event(2, "guest"), link("anon"), link("Guest"), event(6, "anon")]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    states = tmp_path / "states.jsonl"
+    proc = _cli(str(path), "--states-out", str(states), "--blocked-id", "guest")
+    assert proc.returncode == 0, proc.stderr
+    rejected = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [(r["line"], r["failure"]) for r in rejected] == [(4, "identity_refused")]
+    snapshots = [json.loads(line) for line in states.read_text().splitlines()]
+    assert {s["contact_id"]: s["events_counted"] for s in snapshots} == {"guest": 1, "user": 2}
+    reasons = [json.loads(line)["reason"] for line in proc.stdout.splitlines()]
+    assert "merge" in reasons

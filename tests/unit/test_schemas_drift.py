@@ -46,6 +46,7 @@ def test_check_detects_drift(tmp_path: Path) -> None:
         "scoring-model.json",
         "erasure-request.json",
         "erasure.json",
+        "merge.json",
         "examples/erasure-request.json",
         "examples/erasure.json",
         "examples/canonical-event.json",

@@ -75,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "evaluated then, later events are rejected (default: the largest event timestamp)",
     )
     parser.add_argument(
+        "--blocked-id",
+        metavar="ID",
+        action="append",
+        default=[],
+        help="an id that never merges in identify/alias records, besides null, undefined, "
+        "anonymous, 0 and empty (repeatable; as the worker's "
+        "ENGAGEMENT_INDEX_IDENTITY_BLOCKED_IDS)",
+    )
+    parser.add_argument(
         "--dedupe-window",
         metavar="SECONDS",
         type=_non_negative,
@@ -347,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
             dedupe_window_ms=int(args.dedupe_window * 1000),
             daily=daily,
             kernel=True,  # where it is built; the daily points use the Python core
+            blocked_ids=args.blocked_id,
         )
         out = sys.stdout.buffer
         try:

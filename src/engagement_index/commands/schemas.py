@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from engagement_index.collector import schemas as collector_schemas
 from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import CanonicalEvent
+from engagement_index.core.merge import MergeRecord
 from engagement_index.core.model import PACKAGED_MODEL_PATH, ScoringModel, load_model
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.replay import replay
@@ -51,6 +52,10 @@ SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
     "erasure": (
         Erasure,
         "A contact's state was erased (the erasures topic's record value, keyed by contact).",
+    ),
+    "merge": (
+        MergeRecord,
+        "An identity merge (the merges topic's record value, keyed by the survivor).",
     ),
 }
 

@@ -77,7 +77,8 @@ def stage_id(lifecycle: str, stage: str) -> int:
 
 def model_fingerprint(model: ScoringModel) -> int:
     """32 bits of blake2b over the canonical JSON of the model without its version."""
-    content = model.model_dump(mode="json", exclude={"version"})
+    # the merge rules (``merge``) decide how two states combine, not what a state means
+    content = model.model_dump(mode="json", exclude={"version", "merge"})
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
 
@@ -191,6 +192,8 @@ class CompiledModel:
     #: states before format 2: stage positions in the first lifecycle of (pre lower, pre upper,
     #: post lower, post upper), and the marker bit a post-purchase state sets (0: none)
     legacy: tuple[tuple[int, int, int, int], int] | None
+    #: marker bits whose identity-merge rule is ``earliest`` (the others: ``latest``)
+    marker_merge_earliest: int = 0
 
 
 # ----------------------------------------------------------------------------- compiling
@@ -307,7 +310,14 @@ def compile_model(model: ScoringModel) -> CompiledModel:
         lifecycles=tuple(compiled_lifecycles),
         stage_by_id=stage_by_id,
         legacy=compiled_legacy,
+        marker_merge_earliest=_merge_earliest(model, markers),
     )
+
+
+def _merge_earliest(model: ScoringModel, markers: tuple[str, ...]) -> int:
+    """The marker bits whose identity-merge rule is ``earliest``."""
+    rules = model.merge.markers if model.merge is not None else {}
+    return sum(1 << i for i, name in enumerate(markers) if rules.get(name) == "earliest")
 
 
 def _from_halves(

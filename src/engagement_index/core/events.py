@@ -48,6 +48,7 @@ class FailureType(StrEnum):
     OVERSIZED = "oversized"
     TIME_OUT_OF_RANGE = "time_out_of_range"
     INTERNAL_ERROR = "internal_error"
+    IDENTITY_REFUSED = "identity_refused"
 
 
 class ContactKey(NamedTuple):

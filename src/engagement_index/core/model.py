@@ -312,6 +312,16 @@ class Legacy(_Strict):
     marker: Name | None = None
 
 
+class MergeRules(_Strict):
+    """How two contacts' states combine when an identity merge folds one into the other."""
+
+    markers: dict[Name, Literal["latest", "earliest"]] = Field(
+        default_factory=dict,
+        description="per marker: latest (default; the later change wins, as if the events "
+        "had come on one contact) or earliest (set if set on either, at the earlier setting)",
+    )
+
+
 class ScoringModel(_Strict):
     """A versioned scoring and lifecycle model (docs/models.md)."""
 
@@ -324,6 +334,7 @@ class ScoringModel(_Strict):
     indices: dict[Name, dict[str, Weight]] | None = None
     lifecycles: dict[Name, Lifecycle] | None = None
     legacy: Legacy | None = None
+    merge: MergeRules | None = None
 
     _compiled: CompiledModel | None = PrivateAttr(default=None)
 
@@ -347,6 +358,9 @@ class ScoringModel(_Strict):
                 raise ValueError("indices: required in a format 2 model")
             if not self.lifecycles:
                 raise ValueError("lifecycles: required in a format 2 model")
+        for marker in self.merge.markers if self.merge is not None else {}:
+            if marker not in self.markers:
+                raise ValueError(f"merge.markers.{marker}: unknown marker")
         if len(set(self.markers)) != len(self.markers):
             raise ValueError("markers: a marker is declared twice")
         if len(self.markers) > 16:

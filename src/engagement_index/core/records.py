@@ -21,6 +21,7 @@ TransitionReason = Literal[
     "time_in_stage",
     "trend",
     "model_change",
+    "merge",
 ]
 _RFC3339_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 

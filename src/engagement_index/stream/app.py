@@ -43,6 +43,7 @@ from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
 from engagement_index.stream.bulk import BulkApp
+from engagement_index.stream.console import Console
 from engagement_index.stream.daily import (
     SeriesError,
     check_series_params,
@@ -52,6 +53,7 @@ from engagement_index.stream.daily import (
     stored_days,
 )
 from engagement_index.stream.due_index import DueIndex
+from engagement_index.stream.identity import alias_body, decode_alias
 from engagement_index.stream.produce import send_batched
 from engagement_index.stream.scoring import (
     BatchScorer,
@@ -204,6 +206,15 @@ class Worker:
             partitions=partitions,
             options=table_options,
         )
+        #: identity merge (``stream/identity.py``): absorbed id -> survivor, survivor -> aliases
+        self.aliases = self.app.Table(
+            "aliases",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            options=table_options,
+        )
         self.source = self.app.topic(
             *topology.scoring_sources,
             key_type=bytes,
@@ -222,6 +233,8 @@ class Worker:
         #: segment lists and counts (stream/segments.py, stream/segment_api.py)
         self.segments = SegmentIndex.for_worker(self)
         SegmentApi(self).register()
+        #: the web console's page, model, live feed and rates (stream/console.py)
+        Console(self).register()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
 
     # ------------------------------------------------------------------ agent
@@ -295,10 +308,18 @@ class Worker:
             db = daily_store._db_for_partition(records[index].partition)
             return [day for day, _ in stored_days(db, key, before)]
 
+        aliases_store: Any = self.aliases.data
+
+        def load_alias(key: bytes, index: int) -> bytes | None:
+            value = aliases_store._db_for_partition(records[index].partition).get(key)
+            return bytes(value) if value is not None else None
+
         ticks = self.topology.internal.ticks.name
         woken = {r.partition for r in records if r.topic == ticks}
         held = [p for p in woken if not await self._caught_up(p)] if woken else []
-        outcome = self.scorer.process(records, load_contact, load_history, list_days, held)
+        outcome = self.scorer.process(
+            records, load_contact, load_history, list_days, held, load_alias=load_alias
+        )
         try:
             await self._send_all(outcome.sends)
         except asyncio.CancelledError:
@@ -309,6 +330,7 @@ class Worker:
         transaction.stage(self.contacts, outcome.contact_writes, lambda i: records[i].partition)
         transaction.stage(self.history, outcome.history_writes, lambda i: records[i].partition)
         transaction.stage(self.daily, outcome.daily_writes, lambda i: records[i].partition)
+        transaction.stage(self.aliases, outcome.alias_writes, lambda i: records[i].partition)
         transaction.write_stores()
         self.segments.apply(
             outcome.contact_writes,
@@ -646,7 +668,10 @@ class Worker:
         release may have left on another partition is not its state).
         """
         found = self._stored_state(key, raw_key)
+        alias = self._alias(raw_key)
         if found is None:
+            if "alias_of" in alias:  # an absorbed id: a pointer to the contact that holds it
+                return alias_body(key, alias), 200
             return not_found(key), 404
         partition, state = found
         snapshot = evaluate(state, self.clock_ms(), self.model.compiled)
@@ -658,7 +683,14 @@ class Worker:
         body = snapshot.model_dump(mode="json")
         body["last_transitions"] = list(reversed(history))
         body["model_version"] = self.model.version
+        body["aliases"] = [item["id"] for item in alias.get("aliases", ())]
         return body, 200
+
+    def _alias(self, raw_key: bytes) -> dict[str, Any]:
+        """The contact's aliases-table value (``stream/identity.py``), read where it lives."""
+        partition = canonical_partition(raw_key, self.topology.scoring_partitions)
+        aliases: Any = self.aliases.data
+        return decode_alias(aliases._db_for_partition(partition).get(raw_key))
 
     def history_view(
         self, key: ContactKey, raw_key: bytes, params: dict[str, str]

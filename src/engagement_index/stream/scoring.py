@@ -47,6 +47,7 @@ from engagement_index.kernel import kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.daily import DailyBatch, ListDays, closing_day
+from engagement_index.stream.identity import IdentityMerge
 from engagement_index.stream.stored import StoredContact, source_id
 from engagement_index.topology import Topology
 
@@ -87,6 +88,8 @@ class BatchOutcome:
     # value None: delete the key (an erasure)
     contact_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     history_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
+    # the aliases table (identity merge, ``stream/identity.py``): key -> (index, value or None)
+    alias_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # the daily table (score history, ``stream/daily.py``): day key -> (index, state or None)
     daily_writes: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
     # table key -> (partition, due time or None)
@@ -120,6 +123,9 @@ class _Batch:
     histories: dict[bytes, list[bytes]] = field(default_factory=dict)
     #: per topic, the newest event timestamp scored in this batch
     newest: dict[str, int] = field(default_factory=dict)
+    #: reads the aliases table (identity merge); its values as read or changed in this batch
+    load_alias: Callable[[bytes, int], bytes | None] | None = None
+    aliases: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
 
 class BatchScorer:
@@ -141,7 +147,12 @@ class BatchScorer:
         self.settings = settings
         self.metrics = metrics
         self.clock_ms = clock_ms
-        self._source_index = {name: source_id(name) for name in topology.scoring_sources}
+        # the sources whose offsets a contact's value keeps (the identity merge's first two
+        # steps store no contact, so they need no id)
+        unkept = {topology.outbound.identities.name, topology.internal.merge_requests.name}
+        self._source_index = {
+            name: source_id(name) for name in topology.scoring_sources if name not in unkept
+        }
         if len(set(self._source_index.values())) != len(self._source_index):
             raise ConfigError(
                 "two scoring sources have the same 16-bit id in stored values; rename one"
@@ -166,6 +177,8 @@ class BatchScorer:
         # per batch, added to the metrics once at its end
         self._transition_counts: Counter[tuple[str, str | None, str, str]] = Counter()
         self._snapshot_count = 0
+        self._identity_sources = frozenset(topology.identity_sources)
+        self.identity = IdentityMerge(self)
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -175,6 +188,7 @@ class BatchScorer:
         load_history: Callable[[bytes, int], bytes | None],
         list_days: ListDays | None = None,
         held: Collection[int] = (),
+        load_alias: Callable[[bytes, int], bytes | None] | None = None,
     ) -> BatchOutcome:
         """Score ``records`` in order, wake-ups last; never raises for a bad record.
 
@@ -183,6 +197,7 @@ class BatchScorer:
         lists a contact's stored days of the daily table (None: there are none). ``held``:
         partitions whose event sources are not read to their end; their wake-ups are deferred
         (the contact stays due in the due-time index, and the timer sends it again).
+        ``load_alias`` reads the aliases table (None: there is none).
 
         Wake-ups are applied after every other record of the batch: a wake-up that was fetched
         together with events that precede it in time (a fetch read again after a restart or a
@@ -191,6 +206,7 @@ class BatchScorer:
         out = BatchOutcome()
         daily = DailyBatch(self.settings.history_days)
         batch = _Batch(out, load_contact, load_history, self.clock_ms(), daily)
+        batch.load_alias = load_alias
         outcomes: Counter[tuple[str, str]] = Counter()
         channels = self._channels
         tick_topic = self._tick_topic
@@ -270,6 +286,8 @@ class BatchScorer:
         if record.topic == self._erasure_topic:
             self._process_erasure(batch, index, record)
             return None
+        if record.topic in self._identity_sources:
+            return self.identity.process(batch, index, record)
         out = batch.out
         now_ms = batch.now_ms
         value = record.value
@@ -310,6 +328,8 @@ class BatchScorer:
             self.metrics.partition_forwards.labels(channel=self._channels[record.topic]).inc()
             return "forwarded"
         entry = self._load(batch, key, index)
+        if entry is None and self.identity.redirect(batch, index, record, key):
+            return "aliased"  # an absorbed id: its events count on its survivor
         source = self._source_index[record.topic]
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
             # re-delivery of a record already in the state. The local store may hold a write
@@ -391,6 +411,7 @@ class BatchScorer:
             out.sends.append(OutboundRecord(self._erasure_topic, key, record.value, (), home))
             return
         stored = self._load(batch, key, index)
+        aliased = self.identity.erase(batch, index, request)
         if stored is not None:
             state = stored.state(key)
             for lifecycle, stage in stage_names(state, self._compiled).items():
@@ -399,7 +420,7 @@ class BatchScorer:
             erasure_id=request.erasure_id,
             tenant=request.tenant,
             contact_id=request.contact_id,
-            found=stored is not None,
+            found=stored is not None or aliased,
             requested_at=request.requested_at,
             erased_at=ms_to_rfc3339(now_ms),
             requested_by=request.requested_by,
@@ -412,7 +433,8 @@ class BatchScorer:
         out.history_writes[key] = (index, None)
         batch.daily.erase(key, index)
         out.due_updates[key] = (record.partition, None)
-        self.metrics.erasures.labels(outcome="erased" if stored is not None else "not_found").inc()
+        found = stored is not None or aliased
+        self.metrics.erasures.labels(outcome="erased" if found else "not_found").inc()
 
     def _rewrite(self, batch: _Batch, key: bytes, index: int, entry: _Entry) -> None:
         """Write a re-delivered contact's unchanged value and history again at the batch end."""

@@ -167,6 +167,7 @@ def test_failure_type_values() -> None:
         "oversized",
         "time_out_of_range",
         "internal_error",
+        "identity_refused",
     ]
 
 
