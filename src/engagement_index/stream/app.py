@@ -43,7 +43,7 @@ from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.account_agent import AccountAgent
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
-from engagement_index.stream.bulk import BulkApp
+from engagement_index.stream.bulk import BulkApp, BulkTableManager
 from engagement_index.stream.console import Console
 from engagement_index.stream.daily import (
     SeriesError,
@@ -177,6 +177,7 @@ class Worker:
             broker_max_poll_records=settings.batch_size,
             stream_wait_empty=True,
             logging_config=None,
+            TableManager=BulkTableManager,
         )
         table_options = {
             "block_cache_size": settings.rocksdb_block_cache_bytes,
