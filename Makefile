@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA := dev/kafka/kafka.sh
+# the scoring kernel (engagement_index._kernel): a change to its Rust sources rebuilds it
+KERNEL_SOURCES := rust/Cargo.toml $(wildcard rust/Cargo.lock rust/src/*.rs)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test lint typecheck unit integration reliability soak run bench bench-segments bench-merge kafka-start kafka-stop kafka-status lock clean
@@ -13,9 +15,10 @@ KAFKA := dev/kafka/kafka.sh
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(KERNEL_SOURCES)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is required" >&2; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python 3.11+ is required" >&2; exit 1; }
+	@command -v cargo >/dev/null || { echo "error: cargo (Rust) is required to build the scoring kernel" >&2; exit 1; }
 	@echo "setup: creating $(VENV) and installing pinned dependencies"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'

@@ -4,10 +4,12 @@ What a Python user would otherwise write: one ``Application`` over the inbound t
 (concatenated into one ``StreamingDataFrame``), a stateful ``apply`` that folds each event into
 the contact's state with the project's pure core (``parse_event_fields``, ``admit`` for the
 duplicate window, ``step``, ``encode_state``/``decode_state``; state values stored as
-the same compact bytes), and the
-transitions sent to an output topic. Quix Streams' defaults otherwise (RocksDB state with a
-changelog topic, at-least-once, commit every 5 s). It stops once it has processed
-``--events`` records and prints one JSON line with its timings (epoch seconds).
+the same compact bytes), and the transitions sent to an output topic. With the compiled kernel
+built, the fold runs in it on the stored bytes (``Kernel.step_stored``, what the worker uses);
+``ENGAGEMENT_INDEX_KERNEL=python`` gives the pure-Python core (bench/run.py runs both).
+Quix Streams' defaults otherwise (RocksDB state with a changelog topic, at-least-once, commit
+every 5 s). It stops once it has processed ``--events`` records and prints one JSON line with
+its timings (epoch seconds).
 
 It runs in its own virtual environment (bench/.cache/quix-venv, pinned by
 bench/quix-constraints.txt) with ``PYTHONPATH=src``: quixstreams caps pydantic below the
@@ -22,6 +24,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from quixstreams import Application, State
 from quixstreams.state.rocksdb import RocksDBOptions
 
@@ -30,6 +33,9 @@ from engagement_index.core.events import ContactKey, parse_event_fields
 from engagement_index.core.lifecycle import step
 from engagement_index.core.model import load_model
 from engagement_index.core.state import decode_state, encode_state
+from engagement_index.kernel import kernel_for
+
+_INF = float("inf")  # no snapshots: the peer sends transitions only
 
 
 def _raw(value: Any) -> Any:
@@ -48,6 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     compiled = load_model(args.model).compiled
+    # the compiled kernel (engagement_index.kernel) unless ENGAGEMENT_INDEX_KERNEL=python
+    kernel = kernel_for(compiled)
 
     app = Application(
         broker_address=args.bootstrap,
@@ -71,19 +79,22 @@ def main() -> None:
     def score(value: bytes, state: State) -> list[bytes]:
         fields = parse_event_fields(value)
         raw = state.get(b"s")
-        previous = (
-            decode_state(raw, ContactKey(fields.tenant, fields.contact_id))
-            if raw is not None
-            else None
-        )
         # the duplicate window by arrival, as the worker keeps it (here: the event time)
         seen_raw = state.get(b"d")
         seen = decode_seen(seen_raw)[0] if seen_raw is not None else EMPTY
         window = admit(seen, fields.event_id, fields.timestamp_ms, DEFAULT_WINDOW_MS)
         transitions: list[Any] = []
         if window is not None:
-            new, transitions = step(previous, fields, compiled)
-            state.set(b"s", encode_state(new))
+            scored = kernel.step_stored([(raw, fields, 0.0, _INF)])[0] if kernel else None
+            if scored is None or isinstance(scored, str):  # the Python core
+                key = ContactKey(fields.tenant, fields.contact_id)
+                previous = decode_state(raw, key) if raw is not None else None
+                new, made = step(previous, fields, compiled)
+                transitions = [t.to_json_bytes() for t in made]
+                state.set(b"s", encode_state(new))
+            else:  # the kernel: new state bytes, due, clock, transitions, snapshot
+                transitions = [orjson.dumps(t) for t in scored[3] or ()]
+                state.set(b"s", scored[0])
             state.set(b"d", encode_seen(window))
         done = progress["done"] = progress["done"] + 1
         if done == 1:
@@ -91,7 +102,7 @@ def main() -> None:
         progress["transitions"] += len(transitions)
         if done >= args.events:
             app.stop()
-        return [t.to_json_bytes() for t in transitions]
+        return transitions
 
     sdf = sdf.apply(score, stateful=True, expand=True)
     sdf.to_topic(out)

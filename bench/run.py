@@ -69,6 +69,9 @@ TARGETS = {
     "bytes_per_contact": 256,
     "recovery_contacts_per_s": 100_000,
     "replay_events_per_s": 300_000,
+    # issue 17 (the compiled kernel)
+    "worker_vs_peer_kernel": 1.5,
+    "replay_vs_json_parse": 1.0,
 }
 
 _T0 = time.monotonic()
@@ -139,6 +142,12 @@ class Kafka:
         self.offsets_consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
         )
+
+    # -- (7)
+    def replay(self) -> None:
+        """The replay with the kernel and with the Python core (``ENGAGEMENT_INDEX_KERNEL=
+        python``), and its JSON-parse limit: a bare ``orjson.loads`` loop over the same file."""
+        self.results["replay"] = replay_figures(self.events_file, self.n, self.run_dir)
 
     def close(self) -> None:
         self.offsets_consumer.close()
@@ -627,13 +636,41 @@ class Run:
             "peak_rss_bytes": peak,
         }
 
+    # -- (2b)
+    def consume_limit(self) -> None:
+        log("(2b) consume-only limit: a bare aiokafka consumer, no decode")
+        result = self._timed_subprocess(
+            [
+                sys.executable,
+                str(BENCH / "consume_limit.py"),
+                "--bootstrap",
+                self.broker.bootstrap,
+                "--topics",
+                ",".join(self.inbound.values()),
+                "--group",
+                f"{self.prefix}-consume",
+                "--events",
+                str(self.n),
+            ],
+            self.run_dir / "consume_limit.log",
+        )
+        self.results["consume_limit"] = result
+        log(f"(2b) consume-only limit: {result['events_per_s']:,.0f} events/s from process start")
+
     # -- (3)
     def peer(self) -> None:
+        """The peer twice: with the pure-Python core, then with the compiled kernel."""
+        self.results["peer"] = self._peer("python", {"ENGAGEMENT_INDEX_KERNEL": "python"})
+        self.results["peer_kernel"] = self._peer("kernel", {})
+
+    def _peer(self, label: str, extra_env: dict[str, str]) -> dict[str, Any]:
         python = ensure_quix_venv()
-        log("(3) peer: Quix Streams app with the same pure core and RocksDB state")
-        out = f"{self.prefix}.quix-out"
+        log(f"(3) peer ({label}): Quix Streams app with the same core and RocksDB state")
+        out = f"{self.prefix}.quix-{label}-out"
         self.k().create_topic(out, 6)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env.pop("ENGAGEMENT_INDEX_KERNEL", None)
+        env.update(extra_env)
         result = self._timed_subprocess(
             [
                 str(python),
@@ -645,22 +682,22 @@ class Run:
                 "--out",
                 out,
                 "--group",
-                f"{self.prefix}-quix",
+                f"{self.prefix}-quix-{label}",
                 "--state-dir",
-                str(self.run_dir / "quix-state"),
+                str(self.run_dir / f"quix-state-{label}"),
                 "--model",
                 str(MODEL),
                 "--events",
                 str(self.n),
             ],
-            self.run_dir / "peer_quix.log",
+            self.run_dir / f"peer_quix_{label}.log",
             env,
         )
-        self.results["peer"] = result
         log(
-            f"(3) peer: {result['events_per_s']:,.0f} events/s from process start, "
+            f"(3) peer ({label}): {result['events_per_s']:,.0f} events/s from process start, "
             f"{result['transitions']:,} transitions"
         )
+        return result
 
     # -- (4)
     def worker_throughput(self) -> None:
@@ -761,11 +798,13 @@ class Run:
         log(f"profile: py-spy for {seconds}s into {out.relative_to(REPO)}")
         self.results["profile_file"] = str(out)
         time.sleep(3)  # past the imports
+        # --native (the kernel's frames too) needs py-spy to pause the process for each sample
+        mode = ["--native"] if self.args.profile_native else ["--nonblocking"]
         return subprocess.Popen(
             [
                 str(py_spy),
                 "record",
-                "--nonblocking",
+                *mode,
                 "--format",
                 "raw",
                 "-o",
@@ -992,24 +1031,9 @@ class Run:
 
     # -- (7)
     def replay(self) -> None:
-        log("(7) replay: engagement-index replay on the same events file")
-        started = time.time()
-        with (self.run_dir / "replay.err").open("wb") as err:
-            done = subprocess.run(
-                [*ENGINE, "replay", str(self.events_file)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                check=False,
-            )
-        seconds = time.time() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"replay failed; see {self.run_dir / 'replay.err'}")
-        self.results["replay"] = {
-            "events": self.n,
-            "seconds": seconds,
-            "events_per_s": rate(self.n, seconds),
-        }
-        log(f"(7) replay: {self.n / seconds:,.0f} events/s ({seconds:.1f}s)")
+        """The replay with the kernel and with the Python core (``ENGAGEMENT_INDEX_KERNEL=
+        python``), and its JSON-parse limit: a bare ``orjson.loads`` loop over the same file."""
+        self.results["replay"] = replay_figures(self.events_file, self.n, self.run_dir)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -1021,6 +1045,59 @@ class Run:
         self.broker.stop()
         if not self.args.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- replay
+#: The replay's JSON-parse limit: what reading and parsing the file alone costs.
+JSON_PARSE_LOOP = """
+import sys, orjson
+loads = orjson.loads
+with open(sys.argv[1], "rb") as f:
+    for line in f:
+        loads(line)
+"""
+
+
+def _timed(command: list[str], err_path: Path, env: dict[str, str] | None = None) -> float:
+    started = time.time()
+    with err_path.open("wb") as err:
+        done = subprocess.run(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            check=False,
+            env={**os.environ, **(env or {})},
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[2:4]} failed; see {err_path}")
+    return time.time() - started
+
+
+def replay_figures(events_file: Path, n: int, run_dir: Path) -> dict[str, Any]:
+    """(7): ``engagement-index replay`` with the kernel and with the Python core, and the
+    JSON-parse limit of the same file; events/s and ratios within the run."""
+    log("(7) replay: engagement-index replay on the same events file (kernel)")
+    kernel = _timed([*ENGINE, "replay", str(events_file)], run_dir / "replay.err")
+    log(f"(7) replay: {n / kernel:,.0f} events/s with the kernel ({kernel:.1f}s)")
+    python = _timed(
+        [*ENGINE, "replay", str(events_file)],
+        run_dir / "replay-python.err",
+        {"ENGAGEMENT_INDEX_KERNEL": "python"},
+    )
+    log(f"(7) replay: {n / python:,.0f} events/s with the Python core ({python:.1f}s)")
+    parse = _timed(
+        [sys.executable, "-c", JSON_PARSE_LOOP, str(events_file)], run_dir / "json-parse.err"
+    )
+    log(f"(7) replay: JSON-parse limit {n / parse:,.0f} events/s ({parse:.1f}s)")
+    return {
+        "events": n,
+        "seconds": kernel,
+        "events_per_s": rate(n, kernel),
+        "python_core_events_per_s": rate(n, python),
+        "json_parse_events_per_s": rate(n, parse),
+        "vs_python_core": python / kernel,
+        "vs_json_parse": parse / kernel,
+    }
 
 
 # --------------------------------------------------------------------------- quix venv
@@ -1084,6 +1161,14 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "worker_events_per_s_from_first_record": w.get("events_per_s_from_first_record"),
         "worker_vs_client": ratio(worker_rate, results.get("client_limit", {}).get("events_per_s")),
         "worker_vs_peer": ratio(worker_rate, results.get("peer", {}).get("events_per_s")),
+        "worker_vs_peer_kernel": ratio(
+            worker_rate, results.get("peer_kernel", {}).get("events_per_s")
+        ),
+        "worker_vs_consume": ratio(
+            worker_rate, results.get("consume_limit", {}).get("events_per_s")
+        ),
+        "replay_vs_json_parse": results.get("replay", {}).get("vs_json_parse"),
+        "replay_vs_python_core": results.get("replay", {}).get("vs_python_core"),
         "worker_vs_broker": ratio(worker_rate, results.get("broker_limit", {}).get("events_per_s")),
         "p99_ms": results.get("latency", {}).get("p99_ms"),
         "bytes_per_contact": results.get("footprint", {}).get("rocksdb_bytes_per_contact"),
@@ -1115,7 +1200,19 @@ def print_table(results: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = [
         ("(1) broker limit (ConsumerPerformance)", _fmt(b.get("events_per_s")), "records/s", ""),
         ("(2) Python client limit (aiokafka)", _fmt(c.get("events_per_s")), "events/s", ""),
-        ("(3) peer (Quix Streams + same core)", _fmt(p.get("events_per_s")), "events/s", ""),
+        (
+            "(2b) consume-only limit (aiokafka)",
+            _fmt(g("consume_limit", {}).get("events_per_s")),
+            "events/s",
+            "",
+        ),
+        ("(3) peer (Quix Streams + Python core)", _fmt(p.get("events_per_s")), "events/s", ""),
+        (
+            "    peer (Quix Streams + kernel)",
+            _fmt(g("peer_kernel", {}).get("events_per_s")),
+            "events/s",
+            "",
+        ),
         ("(4) worker, from process start", _fmt(w.get("events_per_s")), "events/s", ""),
         (
             "    worker, from first record",
@@ -1135,6 +1232,13 @@ def print_table(results: dict[str, Any]) -> None:
             "x",
             check(h["worker_vs_peer"], TARGETS["worker_vs_peer"]),
         ),
+        (
+            "    worker / peer with the kernel",
+            _fmt(h["worker_vs_peer_kernel"], 2),
+            "x",
+            check(h["worker_vs_peer_kernel"], TARGETS["worker_vs_peer_kernel"]),
+        ),
+        ("    worker / consume-only limit", _fmt(h["worker_vs_consume"], 2), "x", ""),
         ("    worker / broker limit", _fmt(h["worker_vs_broker"], 3), "x", ""),
         (
             "    worker >= 50,000 events/s",
@@ -1165,6 +1269,15 @@ def print_table(results: dict[str, Any]) -> None:
             "events/s",
             check(rep.get("events_per_s"), TARGETS["replay_events_per_s"]),
         ),
+        ("    replay, Python core", _fmt(rep.get("python_core_events_per_s")), "events/s", ""),
+        ("    replay JSON-parse limit", _fmt(rep.get("json_parse_events_per_s")), "events/s", ""),
+        (
+            "    replay / JSON-parse limit",
+            _fmt(h["replay_vs_json_parse"], 2),
+            "x",
+            check(h["replay_vs_json_parse"], TARGETS["replay_vs_json_parse"]),
+        ),
+        ("    replay / Python core", _fmt(h["replay_vs_python_core"], 2), "x", ""),
         ("(8) peak RSS of the worker", _fmt((fp.get("peak_rss_bytes") or 0) / 2**20), "MiB", ""),
         (
             "    RocksDB bytes per contact (contacts table)",
@@ -1214,13 +1327,20 @@ def append_history(results: dict[str, Any]) -> None:
         f"| {_fmt(h['p99_ms'], 1)} | {_fmt(h['bytes_per_contact'])} "
         f"| {_fmt(h['recovery_contacts_per_s'])} | {_fmt(h['replay_events_per_s'])} |\n"
     )
-    RESULTS_MD.write_text(text.rstrip("\n") + "\n" + row)
+    # after the last row of the history table (other tables may follow it in the file)
+    lines = text.rstrip("\n").split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("| date | commit | events |"))
+    while at + 1 < len(lines) and lines[at + 1].startswith("|"):
+        at += 1
+    lines.insert(at + 1, row.rstrip("\n"))
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- main
 PHASES: dict[str, Callable[[Run], None]] = {
     "broker": Run.broker_limit,
     "client": Run.client_limit,
+    "consume": Run.consume_limit,
     "peer": Run.peer,
     "worker": Run.worker_throughput,
     "latency": Run.latency,
@@ -1253,7 +1373,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip",
         action="append",
         default=[],
-        choices=["broker", "client", "peer", "latency", "replay"],
+        choices=["broker", "client", "consume", "peer", "latency", "replay"],
         help="leave a phase out (repeatable); the results then lack its figures",
     )
     parser.add_argument(
@@ -1268,6 +1388,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0,
         help="record a py-spy profile of the worker for this long during (4)",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="with --profile-seconds: py-spy --native (native frames, the kernel's included)",
     )
     parser.add_argument(
         "--cprofile",

@@ -70,7 +70,7 @@ from engagement_index.replay import Replayer
 from engagement_index.stream.auth import token_digest
 from engagement_index.stream.segment_query import ModelView
 from engagement_index.stream.segments import SegmentIndex
-from engagement_index.stream.stored import StoredContact, state_bytes_of
+from engagement_index.stream.stored import StoredContact
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "bench" / ".cache"
@@ -297,7 +297,7 @@ def offline_index(run_dir: Path, contacts: int, values: list[bytes], seed: int) 
     for i in range(contacts):
         key = ContactKey(TENANT, f"c-{i:07d}").encode()
         value = values[rng.randrange(len(values))]
-        index.add(canonical_partition(key, PARTITIONS), key, state_bytes_of(value))
+        index.add(canonical_partition(key, PARTITIONS), key, StoredContact.decode(value))
     index.end_rebuild()
     built = time.monotonic() - started
     index.compact()

@@ -35,7 +35,11 @@ from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState
 from engagement_index.core.timestamps import MIN_MS, MS_PER_DAY
 from engagement_index.errors import EventRejected
+from engagement_index.kernel import Contacts
 from engagement_index.replay_identity import ReplayIdentities, is_identity_record
+
+#: Events scored per call of the kernel by :meth:`Replayer.feed_lines`.
+KERNEL_CHUNK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,12 @@ class Replayer:
     evaluated there (the point at midnight ``t`` counts the events up to ``t``, included);
     ``finish`` adds the points up to the horizon. Only the next midnight of each contact is
     kept.
+
+    ``kernel=True`` scores with the compiled kernel (``engagement_index.kernel``) where it is
+    built and not switched off, in chunks of :data:`KERNEL_CHUNK` events, with exactly the
+    outputs of the Python core; it does not report daily points (``daily`` uses the Python
+    core), and the first identity record moves the states to the Python core, which goes on
+    from there. Read the final states with :meth:`final_states` (``states`` holds the core's).
     """
 
     def __init__(
@@ -111,6 +121,7 @@ class Replayer:
         on_reject: Callable[[Reject], None] | None = None,
         dedupe_window_ms: int = DEFAULT_WINDOW_MS,
         daily: DailySeries | None = None,
+        kernel: bool = False,
         blocked_ids: Iterable[str] = (),
     ) -> None:
         self.model = model
@@ -137,6 +148,12 @@ class Replayer:
         self.memberships: dict[tuple[str, str], Membership] = {}
         #: account transitions, in emission order (``finish`` adds the time-driven ones)
         self.account_transitions: list[AccountTransition] = []
+        # the kernel scores contacts only: with accounts (each member's new state goes to its
+        # account after every event) or a daily series, the Python core scores
+        use_kernel = kernel and daily is None and self._accounts is None
+        contacts = Contacts(self._cm) if use_kernel else None
+        #: the kernel's states (None: the Python core's, in ``states``)
+        self._contacts = contacts if contacts is not None and contacts.uses_kernel else None
         #: identity merge: identify/alias records in the input (``ReplayIdentities``)
         self.identities = ReplayIdentities(self, frozenset(blocked_ids))
 
@@ -158,10 +175,22 @@ class Replayer:
         timestamp); the dedupe window counts from it. Default: the largest event timestamp
         read so far, this one included (the file's clock).
         """
+        if is_identity_record(raw):
+            self.stats.lines += 1
+            self._leave_kernel()
+            return self.identities.feed(raw, self.stats.lines if line is None else line)
+        fields = self._parse(raw, line)
+        if fields is None:
+            return []
+        if self._contacts is not None:
+            return list(self._score([fields])) if self._admit(fields, arrival_ms) else []
+        return self._apply(fields, arrival_ms)
+
+    def _parse(self, raw: bytes | str, line: int | None) -> EventFields | None:
+        """The fields of a record that can be scored (None: nothing to score: rejected and
+        recorded, or an account event, applied to its account here)."""
         stats = self.stats
         stats.lines += 1
-        if is_identity_record(raw):
-            return self.identities.feed(raw, stats.lines if line is None else line)
         try:
             fields = parse_event_fields(raw, max_bytes=self.max_bytes)
             if self._accounts is not None and is_account_type(fields.type):
@@ -170,7 +199,7 @@ class Replayer:
                         FailureType.TIME_OUT_OF_RANGE, "timestamp: after the replay's --until time"
                     )
                 self._account_event(raw, fields)
-                return []
+                return None
             if fields.type not in self._cm.rules:
                 raise EventRejected(
                     FailureType.UNKNOWN_TYPE,
@@ -182,8 +211,47 @@ class Replayer:
                 )
         except EventRejected as exc:
             self.reject(stats.lines if line is None else line, exc.failure, exc.message)
-            return []
-        return self._apply(fields, arrival_ms)
+            return None
+        return fields
+
+    def _admit(self, fields: EventFields, arrival_ms: int | None) -> bool:
+        """The kernel's form of :meth:`_apply` up to the scoring: the dedupe window and the
+        counters; False for a duplicate."""
+        event_id, tenant, contact_id, _, ts, _ = fields
+        key = (tenant, contact_id)
+        if ts > self._arrival_clock:
+            self._arrival_clock = ts
+        if arrival_ms is None:
+            arrival_ms = self._arrival_clock
+        seen = admit(self.seen.get(key, EMPTY), event_id, arrival_ms, self.dedupe_window_ms)
+        if seen is None:
+            self.stats.duplicates += 1
+            return False
+        self.seen[key] = seen
+        self.stats.applied += 1
+        if self.max_event_ms is None or ts > self.max_event_ms:
+            self.max_event_ms = ts
+        return True
+
+    def _leave_kernel(self) -> None:
+        """Move the kernel's states to the Python core (``states``), which scores from here on:
+        identity merges (``replay_identity``) work on the core's states. The kernel's due times
+        are solved, so none is left unsolved."""
+        contacts = self._contacts
+        if contacts is not None:
+            self.states = {key: contacts.state(key) for key in self.seen}
+            self._contacts = None
+
+    def _score(self, events: list[EventFields]) -> Iterator[Transition]:
+        """Score admitted events with the kernel; their transitions in emission order."""
+        assert self._contacts is not None
+        stats = self.stats
+        for outcome in self._contacts.step(events):
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome:
+                stats.transitions += len(outcome)
+                yield from outcome
 
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts, _ = fields
@@ -348,6 +416,23 @@ class Replayer:
 
     def feed_lines(self, lines: Iterable[bytes | str]) -> Iterator[Transition]:
         """Feed every line; yields transitions in emission order."""
+        lines = iter(lines)
+        if self._contacts is not None:
+            pending: list[EventFields] = []
+            for raw in lines:
+                if is_identity_record(raw):  # the core from here on (_leave_kernel)
+                    yield from self._score(pending)
+                    yield from self.feed(raw)
+                    break
+                fields = self._parse(raw, None)
+                if fields is not None and self._admit(fields, None):
+                    pending.append(fields)
+                    if len(pending) >= KERNEL_CHUNK:
+                        yield from self._score(pending)
+                        pending = []
+            else:
+                yield from self._score(pending)
+                return
         feed = self.feed
         for raw in lines:
             transitions = feed(raw)
@@ -357,6 +442,12 @@ class Replayer:
     def horizon(self) -> int | None:
         """The time ``finish`` advances to: ``until_ms`` or the largest event timestamp."""
         return self.until_ms if self.until_ms is not None else self.max_event_ms
+
+    def final_states(self) -> dict[tuple[str, str], ContactState]:
+        """Every contact's state, in the order of their first applied events."""
+        if self._contacts is None:
+            return dict(self.states)
+        return {key: self._contacts.state(key) for key in self.seen}
 
     def _solve_all(self) -> None:
         for key in self._unsolved:
@@ -370,6 +461,10 @@ class Replayer:
         horizon = until_ms if until_ms is not None else self.horizon()
         if horizon is None:
             return []
+        if self._contacts is not None:
+            done = self._contacts.finish(horizon)
+            self.stats.transitions += len(done)
+            return done
         queue = [
             (state.due_ms, key)
             for key, state in self.states.items()
@@ -392,6 +487,11 @@ class Replayer:
         """Each contact's snapshot at ``at_ms`` (default: the horizon), sorted by key."""
         self._solve_all()
         at = at_ms if at_ms is not None else self.horizon()
+        contacts = self._contacts
+        if contacts is not None:
+            for key in sorted(self.seen):
+                yield contacts.snapshot(key, contacts.clock(key) if at is None else at)
+            return
         for key in sorted(self.states):
             state = self.states[key]
             yield evaluate(state, state.clock_ms if at is None else at, self._cm)
@@ -416,16 +516,22 @@ def replay(
     until_ms: int | None = None,
     max_bytes: int | None = None,
     dedupe_window_ms: int = DEFAULT_WINDOW_MS,
+    kernel: bool = True,
 ) -> ReplayResult:
-    """Replay ``lines`` in order: the oracle for the streaming worker's outputs."""
+    """Replay ``lines`` in order: the oracle for the streaming worker's outputs (scored by
+    the compiled kernel where it is built; ``kernel=False``: by the Python core)."""
     replayer = Replayer(
-        model, until_ms=until_ms, max_bytes=max_bytes, dedupe_window_ms=dedupe_window_ms
+        model,
+        until_ms=until_ms,
+        max_bytes=max_bytes,
+        dedupe_window_ms=dedupe_window_ms,
+        kernel=kernel,
     )
     transitions = list(replayer.feed_lines(lines))
     transitions.extend(replayer.finish())
     return ReplayResult(
         transitions=transitions,
-        states=dict(replayer.states),
+        states=replayer.final_states(),
         rejects=list(replayer.rejects),
         snapshots=list(replayer.snapshots()),
         account_transitions=list(replayer.account_transitions),

@@ -169,12 +169,29 @@ class _Progress:
         sys.stderr.flush()
 
 
+#: Bytes read from the events file at a time.
+READ_CHUNK = 1 << 20
+
+
+def _read_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``stream`` (each with its ``\\n``, as iterating the file gives them),
+    read in chunks of :data:`READ_CHUNK` bytes."""
+    rest = b""
+    while chunk := stream.read(READ_CHUNK):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
 def _lines(stream: BinaryIO, progress: _Progress | None) -> Iterator[bytes]:
     if progress is None:
-        yield from stream
+        yield from _read_lines(stream)
         return
     done = count = 0
-    for line in stream:
+    for line in _read_lines(stream):
         count += 1
         done += len(line)
         if count % 8192 == 0:
@@ -360,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
             on_reject=on_reject,
             dedupe_window_ms=int(args.dedupe_window * 1000),
             daily=daily,
+            kernel=True,  # where it is built; the daily points use the Python core
             blocked_ids=args.blocked_id,
         )
         out = sys.stdout.buffer

@@ -502,7 +502,7 @@ class Worker:
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
                 self.due.set(partition, key, due_ms)
-                self.segments.add(partition, key, stored.state_bytes, migrated)
+                self.segments.add(partition, key, stored, migrated)
                 for stage_id in stage_ids:
                     position, stage = compiled.stage_by_id[stage_id]
                     lifecycle = compiled.lifecycles[position]

@@ -31,6 +31,7 @@ from engagement_index.core.dedupe import SeenIds, admit
 from engagement_index.core.erasure import Erasure, ErasureRequest
 from engagement_index.core.events import (
     ContactKey,
+    EventFields,
     FailureType,
     check_event_type,
     check_time_window,
@@ -43,6 +44,7 @@ from engagement_index.core.records import Transition
 from engagement_index.core.state import ContactState, decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import ConfigError, EventRejected
+from engagement_index.kernel import kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.accounts import MemberUpdates
@@ -52,6 +54,7 @@ from engagement_index.stream.stored import StoredContact, source_id
 from engagement_index.topology import Topology
 
 TICK = struct.Struct("<q")
+_CLOCK = struct.Struct("<q")  # a stored state's clock, at byte 2 (engagement_index.core.state)
 MAX_ERROR_CHARS = 1000
 
 
@@ -141,6 +144,7 @@ class BatchScorer:
     ) -> None:
         self.model = model
         self._compiled = model.compiled
+        self._kernel = kernel_for(self._compiled)  # None: the Python core scores every event
         self.topology = topology
         self.settings = settings
         self.metrics = metrics
@@ -363,11 +367,13 @@ class BatchScorer:
             entry = _Entry(None, {}, math.nan, EMPTY_SEEN)
         duplicate = seen is None
         if seen is not None:
-            previous = entry.state(key, contact) if entry.known else None
-            state, transitions = step(previous, fields, self._compiled)
-            self._emit(batch, index, record, entry, (key, state, transitions))
+            if not self._kernel_step(batch, index, record, entry, (key, fields)):
+                previous = entry.state(key, contact) if entry.known else None
+                state, transitions = step(previous, fields, self._compiled)
+                self._emit(batch, index, record, entry, (key, state, transitions))
             entry.seen = seen
             if self._members is not None:
+                state = entry.state(key, contact)  # the new state (decoded if the kernel made it)
                 account, sends = self._members.member_event(fields, state, entry.account)
                 entry.account = account
                 self._send_updates(out, sends)
@@ -487,17 +493,7 @@ class BatchScorer:
         out.due_updates[key] = (record.partition, state.due_ms)
         sends = out.sends
         if transitions:
-            history = self._history(batch, key, index)
-            counts = self._transition_counts
-            for transition in transitions:
-                payload = transition.to_json_bytes()
-                sends.append(OutboundRecord(self._stage_topic, key, payload))
-                move = (transition.lifecycle, transition.from_stage, transition.to_stage)
-                out.stage_moves.append(move)
-                counts[(*move, transition.reason)] += 1
-                history.append(payload)
-            del history[: -self.settings.history_size]
-            out.history_writes[key] = (index, b"")  # the value is joined at the batch end
+            self._send_transitions(batch, index, key, transitions)
         # the snapshot is evaluated at the state's clock, where the index needs no rebase
         index_now = contact_index(state, self._compiled)
         published = entry.published_index
@@ -508,6 +504,56 @@ class BatchScorer:
             self._snapshot_count += 1
             entry.published_index = snapshot.index
         entry.set_state(state)
+
+    def _send_transitions(
+        self, batch: _Batch, index: int, key: bytes, transitions: list[Transition]
+    ) -> None:
+        out = batch.out
+        history = self._history(batch, key, index)
+        counts = self._transition_counts
+        for transition in transitions:
+            payload = transition.to_json_bytes()
+            out.sends.append(OutboundRecord(self._stage_topic, key, payload))
+            move = (transition.lifecycle, transition.from_stage, transition.to_stage)
+            out.stage_moves.append(move)
+            counts[(*move, transition.reason)] += 1
+            history.append(payload)
+        del history[: -self.settings.history_size]
+        out.history_writes[key] = (index, b"")  # the value is joined at the batch end
+
+    def _kernel_step(
+        self,
+        batch: _Batch,
+        index: int,
+        record: InboundRecord,
+        entry: _Entry,
+        event: tuple[bytes, EventFields],
+    ) -> bool:
+        """``step`` and :meth:`_emit` of one event by the compiled kernel, on the stored bytes
+        (``engagement_index.kernel``: the same outputs); False where the kernel is not used
+        (not built, switched off, or a stored state it does not take: the Python core then)."""
+        kernel = self._kernel
+        if kernel is None:
+            return False
+        key, fields = event
+        item = (entry.stored_bytes(), fields, entry.published_index, self.settings.score_step)
+        result = kernel.step_stored([item])[0]
+        if result is None:
+            return False
+        if isinstance(result, str):
+            raise RuntimeError(result)
+        data, due_ms, clock_ms, transitions, snapshot = result
+        out = batch.out
+        out.due_updates[key] = (record.partition, due_ms)
+        if transitions:
+            made = [Transition.trusted(**values) for values in transitions]
+            self._send_transitions(batch, index, key, made)
+        if snapshot is not None:
+            out.sends.append(OutboundRecord(self._scores_topic, key, orjson.dumps(snapshot)))
+            self._snapshot_count += 1
+            entry.published_index = snapshot["index"]
+        entry.set_stored(data, clock_ms)
+        return True
 
     def _dead_letter(
         self,
@@ -588,7 +634,7 @@ class _Entry:
         self.seen = seen
         self.last_index = -1  # index in the batch of the last record that changed it
         self.daily = False
-        self.passed: dict[int, ContactState] | None = None
+        self.passed: dict[int, ContactState | bytes] | None = None
         self._loaded_day: int | None = None  # the day of the stored state, once decoded
         #: the contact's account and since when (docs/models.md#accounts), or None
         self.account: tuple[str, int] | None = None
@@ -606,29 +652,59 @@ class _Entry:
             if contact is None:
                 contact = ContactKey.decode(key)
             state = self._state = decode_state(self._state_bytes, contact)
-            self._loaded_day = closing_day(state.clock_ms)
+            if not self.daily:  # the stored state, not one of this batch
+                self._loaded_day = closing_day(state.clock_ms)
         return state
+
+    def stored_bytes(self) -> bytes | None:
+        """The state's bytes (None: no state yet)."""
+        if self._state_bytes is None and self._state is not None:
+            self._state_bytes = encode_state(self._state)
+        return self._state_bytes
+
+    def clock_ms(self) -> int:
+        """The state's clock (the entry must be :attr:`known`)."""
+        if self._state is not None:
+            return self._state.clock_ms
+        assert self._state_bytes is not None
+        return int(_CLOCK.unpack_from(self._state_bytes, 2)[0])
 
     def set_state(self, state: ContactState) -> None:
         """Replace the state (its bytes are re-encoded at the batch end if it changed)."""
-        old = self._state
-        if state is not old:
-            if old is not None and self.daily:
-                day = closing_day(old.clock_ms)
-                if day != closing_day(state.clock_ms):  # the last state of its day
-                    if self.passed is None:
-                        self.passed = {}
-                    self.passed[day] = old
+        if state is not self._state:
+            self._pass_day(state.clock_ms)
             self._state = state
             self._state_bytes = None
             self.daily = True
 
+    def set_stored(self, data: bytes, clock_ms: int) -> None:
+        """Replace the state by its bytes (the kernel's step), as :meth:`set_state` does."""
+        if not self.daily and self._state is None and self._state_bytes is not None:
+            self._loaded_day = closing_day(self.clock_ms())  # the stored state's day
+        self._pass_day(clock_ms)
+        self._state = None
+        self._state_bytes = data
+        self.daily = True
+
+    def _pass_day(self, clock_ms: int) -> None:
+        """Keep the current state of this batch if the next one, at ``clock_ms``, is on
+        another day (it is the last state of its day)."""
+        if self.daily:
+            day = closing_day(self.clock_ms())
+            if day != closing_day(clock_ms):
+                if self.passed is None:
+                    self.passed = {}
+                old = self._state
+                self.passed[day] = old if old is not None else self.stored_bytes() or b""
+
     def put_days(self, key: bytes, daily: DailyBatch) -> None:
         """Hand the contact's day states to ``daily`` (after :meth:`encode`)."""
-        state = self.state(key)
         assert self._state_bytes is not None
-        day = closing_day(state.clock_ms)
-        days = {d: encode_state(s) for d, s in (self.passed or {}).items()}
+        day = closing_day(self.clock_ms())
+        days = {
+            d: s if isinstance(s, bytes) else encode_state(s)
+            for d, s in (self.passed or {}).items()
+        }
         days[day] = self._state_bytes
         daily.put(key, self.last_index, days, day != self._loaded_day)
 

@@ -108,6 +108,8 @@ class SegmentQuery:
     limit: int = DEFAULT_LIMIT
     #: the position after which the page starts (None: the first page)
     after: bytes | None = None
+    #: only the members of this account (the account the contact's stored value names)
+    account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,8 @@ class ModelView:
     band: int | None
     trend: int | None
     customer_bit: int
+    #: the model declares accounts (contacts' values then name their account)
+    accounts: bool = False
 
     @classmethod
     def of(cls, model: ScoringModel) -> ModelView:
@@ -144,6 +148,7 @@ class ModelView:
             band=band,
             trend=trend,
             customer_bit=customer_bit,
+            accounts=model.accounts is not None,
         )
 
 
@@ -239,12 +244,11 @@ def parse_query(params: Mapping[str, Sequence[str]], view: ModelView) -> Segment
     for name, values in params.items():
         if name not in REPEATABLE and len(values) > 1:
             raise QueryError(f"{name}: given {len(values)} times")
-    if _single(params, "account_id") is not None:
-        raise QueryError(
-            "account_id: contacts are not indexed by account yet (the events' account_id is "
-            "not stored)",
-            error="not supported yet",
-        )
+    account_id = _single(params, "account_id")
+    if account_id is not None and not view.accounts:
+        raise QueryError("account_id: the model declares no accounts")
+    if account_id == "":
+        raise QueryError("account_id: empty")
     stages: dict[int, frozenset[int]] = {}
 
     def restrict(lifecycle: int, allowed: frozenset[int]) -> None:
@@ -308,6 +312,7 @@ def parse_query(params: Mapping[str, Sequence[str]], view: ModelView) -> Segment
         sort=sort,
         limit=limit,
         after=start,
+        account_id=account_id,
     )
 
 
@@ -324,10 +329,15 @@ class Evaluated:
     index_at_clock: float
     last_event_ms: int
     customer: bool
+    #: the account the contact belongs to (its stored value's; None: none)
+    account_id: str | None = None
 
 
-def evaluate_item(state: ContactState, at_ms: int, view: ModelView) -> Evaluated:
-    """``state`` as of ``at_ms``: time-driven changes due by then applied (as ``evaluate``)."""
+def evaluate_item(
+    state: ContactState, at_ms: int, view: ModelView, account_id: str | None = None
+) -> Evaluated:
+    """``state`` as of ``at_ms``: time-driven changes due by then applied (as ``evaluate``);
+    ``account_id``: the contact's account, from its stored value."""
     cm = view.cm
     if state.layout is not cm.layout and state.layout != cm.layout:
         state, _ = migrate(state, cm)
@@ -344,6 +354,7 @@ def evaluate_item(state: ContactState, at_ms: int, view: ModelView) -> Evaluated
         index_at_clock=index_after(state.values, 0, weights, cm),
         last_event_ms=state.last_event_ms,
         customer=bool(state.markers & view.customer_bit),
+        account_id=account_id,
     )
 
 
@@ -363,6 +374,8 @@ def matches(item: Evaluated, query: SegmentQuery, at_ms: int) -> bool:
     if query.max_index is not None and item.index > query.max_index:
         return False
     if query.customer is not None and item.customer != query.customer:
+        return False
+    if query.account_id is not None and item.account_id != query.account_id:
         return False
     return not (
         query.active_within_ms is not None and item.last_event_ms < at_ms - query.active_within_ms
@@ -385,4 +398,5 @@ def item_json(item: Evaluated, view: ModelView) -> dict[str, object]:
         "band": band,
         "trend": trend,
         "last_event_at": ms_to_rfc3339(item.last_event_ms),
+        "account_id": item.account_id,
     }

@@ -9,7 +9,10 @@ one key per lifecycle and order (``c``: by contact id, no sort value; ``i``: by 
 the contact's clock; ``a``: by the latest event time; ``stream/segment_query.py``), so three
 keys per contact and lifecycle. Lifecycle and stage names cannot hold ``0x1f`` and the tenant
 cannot either, so a stage's keys are exactly those under its prefix; the contact id comes last
-and may hold any byte.
+and may hold any byte. A member of an account has three more keys, under an empty lifecycle
+name and the account's 8-byte key (:func:`account_key`) in place of the stage::
+
+    partition:u16be  tenant 0x1f 0x1f account key 0x1f  order  sort value  contact id
 
 **Maintained with the state.** :meth:`SegmentIndex.apply` runs in the same synchronous step as
 the batch's write of the ``contacts`` table (``Worker.process_batch``, right after
@@ -34,6 +37,7 @@ restarts, and a partition that moves to another worker starts from 0 there
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import shutil
@@ -64,7 +68,7 @@ from engagement_index.stream.segment_query import (
     position_of,
     sort_value,
 )
-from engagement_index.stream.stored import StoredContact, state_bytes_of
+from engagement_index.stream.stored import StoredContact, account_of, state_bytes_of
 
 if TYPE_CHECKING:
     from engagement_index.stream.app import Worker
@@ -91,6 +95,14 @@ class Projection:
     stages: tuple[int, ...]
     index: float
     last_event_ms: int
+    #: the 8-byte key of the contact's account (:func:`account_key`), None: no account
+    account: bytes | None = None
+
+
+def account_key(account_id: str) -> bytes:
+    """The fixed-length stand-in of an account id in index keys (any id, any bytes; a list
+    compares the stored account id itself, so a collision only costs a skipped candidate)."""
+    return hashlib.blake2b(account_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 @dataclass(slots=True)
@@ -251,9 +263,14 @@ class SegmentIndex:
 
     # --------------------------------------------------------------- projection
     def project_state(
-        self, state_bytes: bytes, key: bytes, state: ContactState | None = None
+        self,
+        state_bytes: bytes,
+        key: bytes,
+        state: ContactState | None = None,
+        account_id: str | None = None,
     ) -> Projection:
-        """The projection of an encoded state (``state``: it decoded and migrated, if known)."""
+        """The projection of an encoded state (``state``: it decoded and migrated, if known;
+        ``account_id``: the account its stored value names)."""
         cm = self._cm
         if state is None:
             layout, stage_ids, last, values = peek_activity(state_bytes)
@@ -266,14 +283,16 @@ class SegmentIndex:
         by_id = cm.stage_by_id
         stages = tuple(by_id[s][1] for s in stage_ids)
         weights = cm.weights[cm.lifecycles[0].stages[stages[0]].index]
-        return Projection(stages, index_of(values, weights, cm), last)
+        account = None if account_id is None else account_key(account_id)
+        return Projection(stages, index_of(values, weights, cm), last, account)
 
     def project(self, raw: bytes | None, key: bytes) -> Projection | None:
         """The projection of a ``contacts`` table value (None: none, or undecodable)."""
         if raw is None:
             return None
         try:
-            return self.project_state(state_bytes_of(raw, self._legacy_sources), key)
+            state_bytes = state_bytes_of(raw, self._legacy_sources)
+            return self.project_state(state_bytes, key, account_id=account_of(raw))
         except Exception:  # undecodable: recovery does not index it either
             return None
 
@@ -285,6 +304,12 @@ class SegmentIndex:
         out = []
         for (lifecycle, stages), stage in zip(self._names, projection.stages, strict=True):
             base = head + lifecycle + SEP + stages[stage] + SEP
+            out.append(base + b"c" + contact)
+            out.append(base + b"i" + by_index + contact)
+            out.append(base + b"a" + by_time + contact)
+        if projection.account is not None:
+            # the members of an account, under an empty lifecycle name (no lifecycle's)
+            base = head + SEP + projection.account + SEP
             out.append(base + b"c" + contact)
             out.append(base + b"i" + by_index + contact)
             out.append(base + b"a" + by_time + contact)
@@ -389,11 +414,16 @@ class SegmentIndex:
         self._rebuild_pending = 0
 
     def add(
-        self, partition: int, key: bytes, state_bytes: bytes, state: ContactState | None = None
+        self,
+        partition: int,
+        key: bytes,
+        stored: StoredContact,
+        state: ContactState | None = None,
     ) -> None:
         """Index one stored contact during a rebuild (``state``: decoded and migrated)."""
         assert self._rebuild is not None, "add() outside begin_rebuild()/end_rebuild()"
-        projection = self.project_state(state_bytes, key, state)
+        account_id = None if stored.account is None else stored.account[0]
+        projection = self.project_state(stored.state_bytes, key, state, account_id)
         for k in self._keys(partition, key, projection):
             self._rebuild.put(k, b"")
         self._count(partition, key, projection, 1)
@@ -412,21 +442,25 @@ class SegmentIndex:
         self.ready = True
 
     # -------------------------------------------------------------------- reads
+    def _stage_base(self, partition: int, tenant: bytes, lifecycle: int, stage: int) -> bytes:
+        lc_name, stage_names = self._names[lifecycle]
+        return _PARTITION.pack(partition) + tenant + SEP + lc_name + SEP + stage_names[stage] + SEP
+
+    @staticmethod
+    def _account_base(partition: int, tenant: bytes, account_id: str) -> bytes:
+        return _PARTITION.pack(partition) + tenant + SEP + SEP + account_key(account_id) + SEP
+
     def _scan(
         self,
+        base: bytes,
         partition: int,
-        tenant: bytes,
-        lifecycle: int,
-        stage: int,
         order: bytes,
         start: bytes | None,
         descending: bool,
     ) -> Iterator[tuple[bytes, int, bytes]]:
-        """``(position, partition, contact id)`` of a stage's keys after ``start``, in order."""
-        lc_name, stage_names = self._names[lifecycle]
-        prefix = (
-            _PARTITION.pack(partition) + tenant + SEP + lc_name + SEP + stage_names[stage] + SEP
-        ) + order
+        """``(position, partition, contact id)`` of the keys under ``base`` (a stage's, or an
+        account's) after ``start``, in order."""
+        prefix = base + order
         skip = len(prefix) + (0 if order == b"c" else 8)
         cut = len(prefix)
         it = self._open().iter()
@@ -453,16 +487,18 @@ class SegmentIndex:
                 yield k[cut:], partition, k[skip:]
                 it.prev()
 
-    def _state(self, partition: int, key: bytes) -> ContactState | None:
+    def _state(self, partition: int, key: bytes) -> tuple[ContactState, str | None] | None:
+        """A contact's state and account (None: no state, or undecodable)."""
         raw = self._load(partition, key)
         if raw is None:
             return None
         try:
             stored = StoredContact.decode(bytes(raw), self._legacy_sources)
-            return decode_state(stored.state_bytes, ContactKey.decode(key))
+            state = decode_state(stored.state_bytes, ContactKey.decode(key))
         except Exception:
             log.exception("undecodable state of a contact in partition %d", partition)
             return None
+        return state, None if stored.account is None else stored.account[0]
 
     def overdue(self, tenant: str, partitions: Collection[int], at_ms: int) -> dict[bytes, int]:
         """The tenant's contacts with a time-driven change due by ``at_ms``: key -> partition.
@@ -527,18 +563,25 @@ class SegmentIndex:
 
         overdue = self.overdue(tenant, partitions, at_ms)
         for key, partition in overdue.items():
-            state = self._state(partition, key)
-            if state is None:
+            found_state = self._state(partition, key)
+            if found_state is None:
                 continue
             seen.add(key)
-            item = evaluate_item(state, at_ms, view)
+            item = evaluate_item(found_state[0], at_ms, view, found_state[1])
             consider(item, position_of(item, order))
-        lifecycle, stages = self.driving(query, tenant, partitions)
-        scans = [
-            self._scan(p, tenant_bytes, lifecycle, s, order, start, descending)
-            for p in sorted(partitions)
-            for s in stages
-        ]
+        if query.account_id is not None:  # the account's members (usually far fewer)
+            bases = [
+                (self._account_base(p, tenant_bytes, query.account_id), p)
+                for p in sorted(partitions)
+            ]
+        else:
+            lifecycle, stages = self.driving(query, tenant, partitions)
+            bases = [
+                (self._stage_base(p, tenant_bytes, lifecycle, s), p)
+                for p in sorted(partitions)
+                for s in stages
+            ]
+        scans = [self._scan(base, p, order, start, descending) for base, p in bases]
         merged = heapq.merge(*scans, key=lambda entry: entry[0], reverse=descending)
         floor = None  # sort=-index with min_index: nothing below it can match any more
         if order == b"i" and descending and query.min_index is not None:
@@ -562,11 +605,11 @@ class SegmentIndex:
             key = tenant_bytes + SEP + contact
             if key in seen:
                 continue
-            state = self._state(partition, key)
-            if state is None:
+            found_state = self._state(partition, key)
+            if found_state is None:
                 continue  # erased since (cannot happen: the keys go with the state)
             seen.add(key)
-            item = evaluate_item(state, at_ms, view)
+            item = evaluate_item(found_state[0], at_ms, view, found_state[1])
             if position_of(item, order) != position:
                 continue  # a change due by now moves it: it was considered above
             if consider(item, position):
@@ -613,7 +656,7 @@ class SegmentIndex:
                 continue
             try:
                 stored = StoredContact.decode(bytes(raw), self._legacy_sources)
-                before = self.project_state(stored.state_bytes, key)
+                before = self.project_state(stored.state_bytes, key)  # (its stages only)
                 state = decode_state(stored.state_bytes, ContactKey.decode(key))
             except Exception:
                 continue  # undecodable: not counted either

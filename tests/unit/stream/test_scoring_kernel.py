@@ -1,0 +1,140 @@
+"""The worker's batch scoring with the compiled kernel gives the Python core's outcome, exactly.
+
+``BatchScorer`` scores with the kernel where it is built (``engagement_index.kernel``) and with
+the Python core under ``ENGAGEMENT_INDEX_KERNEL=python``. Here both score the same records,
+batch after batch with their own tables, and every part of each ``BatchOutcome`` must be
+equal: the records sent (transitions, snapshots, re-keys, dead letters) byte for byte, the
+stored values, histories, daily states and due times. On every shipped model, with the
+benchmark workload (90 days, so the daily table closes days within batches), re-delivered
+offsets, repeated event ids, decay wake-ups and bad records.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+from bench import workload
+from prometheus_client import CollectorRegistry
+
+from engagement_index.core.events import ContactKey
+from engagement_index.core.model import load_model
+from engagement_index.core.partitioning import canonical_partition
+from engagement_index.kernel import KERNEL_ENV, kernel_available
+from engagement_index.metrics import Metrics
+from engagement_index.settings import Settings
+from engagement_index.stream.scoring import BatchOutcome, BatchScorer, InboundRecord, encode_tick
+from engagement_index.topology import load_topology
+
+ROOT = Path(__file__).resolve().parents[3]
+MODEL_FILES = sorted((ROOT / "config" / "models").glob("*.yaml"))
+TOPOLOGY = load_topology(ROOT / "streams" / "topology.yaml")
+END_MS = 1_790_000_000_000
+NOW = END_MS + 60_000
+
+
+class Tables:
+    """The contact, history and daily tables as dicts, written from each outcome."""
+
+    def __init__(self) -> None:
+        self.contacts: dict[bytes, bytes] = {}
+        self.history: dict[bytes, bytes] = {}
+        self.daily: dict[bytes, bytes] = {}
+
+    def apply(self, out: BatchOutcome) -> None:
+        for table, writes in (
+            (self.contacts, out.contact_writes),
+            (self.history, out.history_writes),
+            (self.daily, out.daily_writes),
+        ):
+            for key, (_, value) in writes.items():
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+
+
+def _scorer(model_file: Path) -> BatchScorer:
+    return BatchScorer(
+        model=load_model(model_file),
+        topology=TOPOLOGY,
+        settings=Settings(),
+        metrics=Metrics(CollectorRegistry()),
+        clock_ms=lambda: NOW,
+    )
+
+
+def _records(model_file: Path) -> list[list[InboundRecord]]:
+    """Batches of the workload's records, with re-deliveries, repeats and bad records."""
+    model = load_model(model_file)
+    types = sorted(model.compiled.rules)
+    spec = workload.WorkloadSpec(events=3_000, contacts=150, seed=40, end_ms=END_MS)
+    topic = TOPOLOGY.scoring_sources[0]
+    partitions = TOPOLOGY.scoring_partitions
+    rng = random.Random(5)
+    records: list[InboundRecord] = []
+    for offset, event in enumerate(workload.generate(spec)):
+        if event["type"] not in model.compiled.rules:
+            event["type"] = types[sum(str(event["type"]).encode()) % len(types)]
+        key = ContactKey(str(event["tenant"]), str(event["contact_id"])).encode()
+        value = orjson.dumps(event)
+        partition = canonical_partition(key, partitions)
+        records.append(InboundRecord(topic, partition, offset, key, value, NOW - 1_000))
+        if rng.random() < 0.02:  # the same event id again, later
+            records.append(records[-1]._replace(offset=offset + 1_000_000))
+    records.insert(100, records[50])  # a re-delivered offset
+    records.insert(200, records[10]._replace(value=b"{not json", offset=2_000_000))
+    return [records[i : i + 250] for i in range(0, len(records), 250)]
+
+
+def _ticks(out: BatchOutcome, until: int) -> list[InboundRecord]:
+    """A wake-up for every contact of ``out`` with a due time by ``until``."""
+    topic = TOPOLOGY.internal.ticks.name
+    return [
+        InboundRecord(topic, partition, 0, key, encode_tick(due), NOW)
+        for key, (partition, due) in sorted(out.due_updates.items())
+        if due is not None and due <= until
+    ]
+
+
+def _run(model_file: Path) -> list[BatchOutcome]:
+    scorer = _scorer(model_file)
+    tables = Tables()
+    outcomes = []
+    ticks: list[InboundRecord] = []
+    for batch in _records(model_file):
+        records = ticks + batch
+        out = scorer.process(
+            records,
+            lambda key, _i: tables.contacts.get(key),
+            lambda key, _i: tables.history.get(key),
+        )
+        tables.apply(out)
+        outcomes.append(out)
+        last = max(r.timestamp_ms for r in batch)
+        ticks = _ticks(out, last + 7 * 86_400_000)
+    return outcomes
+
+
+@pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
+    model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert kernel_available(), "the kernel is built by make setup"
+    fast = _run(model_file)
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    assert not kernel_available()
+    slow = _run(model_file)
+    assert len(fast) == len(slow)
+    for n, (a, b) in enumerate(zip(fast, slow, strict=True)):
+        assert a.sends == b.sends, f"batch {n}: sends"
+        assert a.contact_writes == b.contact_writes, f"batch {n}: contact writes"
+        assert a.history_writes == b.history_writes, f"batch {n}: history"
+        assert a.daily_writes == b.daily_writes, f"batch {n}: daily"
+        assert a.due_updates == b.due_updates, f"batch {n}: due times"
+        assert a.stage_moves == b.stage_moves, f"batch {n}: stage moves"
+    assert sum(len(o.daily_writes) for o in fast) > 0
+    assert any(r.topic == TOPOLOGY.outbound.dead_letters.name for o in fast for r in o.sends)
+    assert sum(r.topic == TOPOLOGY.outbound.stage_changes.name for o in fast for r in o.sends)
