@@ -18,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from engagement_index.collector.models import IdentityRecord
+from engagement_index.core.accounts import merge_updates
 from engagement_index.core.dedupe import EMPTY
 from engagement_index.core.events import ContactKey, FailureType
 from engagement_index.core.lifecycle import with_due
@@ -124,6 +125,16 @@ class ReplayIdentities:
         result = merge_states(states.get(skey), absorbed_state, cm, context)
         if result.state is not None:
             states[skey] = result.state
+        if replayer._accounts is not None:  # the accounts of the two (docs/models.md#accounts)
+            memberships = replayer.memberships
+            kept, taken = memberships.get(skey), memberships.pop(akey, None)
+            account, updates = merge_updates(
+                (tenant, survivor, absorbed), (kept, taken), (result.state, absorbed_state)
+            )
+            if account is not None:
+                memberships[skey] = account
+            for update in updates:
+                replayer._account_update(update)
         seen = replayer.seen
         seen[skey] = unite_seen(seen.get(skey, EMPTY), seen.pop(akey, EMPTY))
         replayer._next_point.pop(akey, None)

@@ -963,3 +963,34 @@ def member_event_updates(
             )
         )
     return account, updates
+
+
+def merge_updates(
+    context: tuple[str, str, str],
+    memberships: tuple[Membership, Membership],
+    states: tuple[ContactState | None, ContactState | None],
+) -> tuple[Membership, list[AccountUpdate]]:
+    """An identity merge (docs/streaming.md#identity-merge) seen by accounts: ``context`` is
+    (tenant, survivor id, absorbed id), ``memberships`` and ``states`` the survivor's (its
+    merged state) and the absorbed contact's. The absorbed contact leaves its account; the
+    survivor belongs to the account of the later membership (by time; the survivor's at equal
+    times), as if every event had carried its id, and sends its merged state there."""
+    tenant, survivor, absorbed = context
+    (kept, taken), (merged, gone) = memberships, states
+    updates: list[AccountUpdate] = []
+    if taken is not None:
+        at = gone.clock_ms if gone is not None else taken[1]
+        updates.append(AccountUpdate(LEAVE, tenant, taken[0], at, None, absorbed))
+    account = kept
+    if taken is not None and (kept is None or taken[1] > kept[1]):
+        account = taken
+    if merged is None or account is None:
+        return account, updates
+    if kept is not None and kept[0] != account[0]:
+        updates.append(AccountUpdate(LEAVE, tenant, kept[0], merged.clock_ms, None, survivor))
+    updates.append(
+        AccountUpdate(
+            JOIN, tenant, account[0], merged.clock_ms, None, survivor, merged.events_counted, merged
+        )
+    )
+    return account, updates

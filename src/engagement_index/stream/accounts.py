@@ -74,6 +74,10 @@ class MemberUpdates:
             out.append((self.topic, key, encode_update(update), partition))
         return out
 
+    def records(self, updates: Sequence[AccountUpdate]) -> list[Send]:
+        """``updates`` as records to send."""
+        return self._sends(updates)
+
     def member_event(
         self, fields: EventFields, state: ContactState, account: Membership
     ) -> tuple[Membership, list[Send]]:

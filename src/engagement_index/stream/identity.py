@@ -31,6 +31,7 @@ import orjson
 from pydantic import ValidationError
 
 from engagement_index.collector.models import IdentityRecord
+from engagement_index.core.accounts import merge_updates
 from engagement_index.core.dedupe import EMPTY as EMPTY_SEEN
 from engagement_index.core.dedupe import decode_seen, encode_seen
 from engagement_index.core.erasure import ErasureRequest
@@ -238,7 +239,8 @@ class IdentityMerge:
             seen_b64 = base64.b64encode(encode_seen(entry.seen)).decode()
             for lifecycle, stage in stage_names(state, scorer._compiled).items():
                 out.stage_moves.append((lifecycle, stage, None))
-        transfer = {**request, "state": state_b64, "seen": seen_b64}
+        account = list(entry.account) if entry is not None and entry.account else None
+        transfer = {**request, "state": state_b64, "seen": seen_b64, "account": account}
         target = ContactKey(tenant, survivor).encode()
         partition = canonical_partition(target, self.partitions)
         out.sends.append(self._out(self.transfers, target, orjson.dumps(transfer), partition))
@@ -318,6 +320,15 @@ class IdentityMerge:
             entry.offsets[source] = record.offset
             entry.last_index = index
             batch.contacts[key] = entry
+        if scorer._members is not None:  # the accounts of the two (docs/models.md#accounts)
+            taken = transfer.get("account")
+            account, updates = merge_updates(
+                (tenant, survivor, absorbed),
+                (entry.account, (str(taken[0]), int(taken[1])) if taken else None),
+                (result.state, absorbed_state),
+            )
+            entry.account = account
+            scorer._send_updates(out, scorer._members.records(updates))
         out.sends.append(self._out(self.merges, key, record_value.to_json_bytes(), None))
         aliases.append({"id": absorbed, "merge_id": transfer["merge_id"]})
         self.put_alias(batch, key, index, {"aliases": aliases})

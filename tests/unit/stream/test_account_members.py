@@ -142,3 +142,47 @@ def test_stored_values_without_an_account_read_none_and_a_cut_one_is_an_error() 
     assert account_of(b"") is None
     with pytest.raises(StoredStateError):
         account_of(b"\x03" + b"\x00" * 5)
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_an_identity_merge_moves_the_membership_to_the_known_contact(crash: bool) -> None:
+    """The anonymous visitor's page views named the account; after the identify the known
+    contact is its member (as if its id had been on every event), with its merged state, and
+    the anonymous id is not: the stream's account updates, applied in their order, give the
+    replay's account."""
+    from engagement_index.core.accounts import apply
+    from tests.unit.stream.test_identity import Sim, event, identify
+
+    sim = Sim(crash=crash)
+    sim.scorer = Scorer().scorer
+    events = [{**event(n, "anon-1", n), "account_id": "acct-9"} for n in range(4)]
+    events.append(event(4, "user-1", 5, "email.click"))
+    lines = [json.dumps(e) for e in events]
+    for e in events:
+        sim.publish("events.web", e, e["contact_id"])
+    sim.run()
+    link = identify("user-1", "anon-1", 8)
+    sim.publish("engagement.identities", link, "user-1")
+    sim.run()
+    acc = MODEL.accounts_compiled
+    assert acc is not None
+    state = None
+    for send in sim.topic(UPDATES):
+        state, _ = apply(state, decode_update(send.value), acc)
+    assert state is not None
+    assert [m.contact_id for m in state.members] == ["user-1"]
+    assert state.members[0].version == 5, "the merged state: both contacts' events"
+    assert sim.contacts[ContactKey("acme", "user-1").encode()] is not None
+    assert account_of(sim.contacts[ContactKey("acme", "user-1").encode()]) == "acct-9"
+    from engagement_index.replay import Replayer
+
+    replayer = Replayer(MODEL)
+    for line in [*lines, json.dumps(link)]:
+        replayer.feed(line)
+    replayed = replayer.accounts[("acme", "acct-9")]
+    assert [(m.contact_id, m.version) for m in replayed.members] == [("user-1", 5)]
+    assert (replayed.members, replayed.stages, replayed.clock_ms) == (
+        state.members,
+        state.stages,
+        state.clock_ms,
+    )
