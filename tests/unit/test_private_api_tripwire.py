@@ -182,6 +182,12 @@ MEMBERS: tuple[Member, ...] = (
     Member("mode-streaming", CONSUMER, "wait_first", "method", "(self, *coros, timeout=)",
            "await", used_by=_DRAIN),
     # ---------------------------------------------------------- Faust app, transport, store
+    Member("faust-streaming", "faust.tables.manager:TableManager", "on_start", "override",
+           "(self)", "await", ours="engagement_index.stream.bulk:BulkTableManager",
+           called_from="mode.services:Service._actually_start", source_sha256="35aa469ac19e96ab",
+           why="BulkTableManager.on_start is Faust's without its 1 s sleep"),
+    Member("faust-streaming", "faust.tables.manager:TableManager", "_update_channels", "method",
+           "(self)", "await"),
     Member("faust-streaming", "faust.app.base:App", "_new_transport", "override", "(self)",
            "sync", ours="engagement_index.stream.bulk:BulkApp",
            called_from="faust.app.base:App.transport"),
