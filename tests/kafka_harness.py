@@ -31,6 +31,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from engagement_index.core.model import load_model
 from engagement_index.stream.auth import token_digest
+from engagement_index.stream.stored import source_id
 from engagement_index.topology import load_topology
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -266,6 +267,19 @@ class WorkerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def _prefixed(prefix: str, partitions: int) -> dict[str, Any]:
+    """The project's topology with every topic name and the app id under ``prefix``."""
+    raw: dict[str, Any] = yaml.safe_load((REPO_ROOT / "streams" / "topology.yaml").read_text())
+    raw["app_id"] = f"{prefix}-app"
+    raw["scoring_partitions"] = partitions
+    for group in ("inbound", "outbound", "internal"):
+        for spec in raw[group].values():
+            spec["name"] = f"{prefix}.{spec['name']}"
+            if "partitions" in spec:
+                spec["partitions"] = partitions
+    return raw
+
+
 class StreamEnv:
     """A private topology (unique topics and app id), a model file, and workers on them."""
 
@@ -274,20 +288,20 @@ class StreamEnv:
     ) -> None:
         self.bootstrap = bootstrap
         self.tmp_path = tmp_path
-        self.prefix = prefix
-        raw = yaml.safe_load((REPO_ROOT / "streams" / "topology.yaml").read_text())
-        raw["app_id"] = f"{prefix}-app"
-        raw["scoring_partitions"] = partitions
-        for group in ("inbound", "outbound", "internal"):
-            for spec in raw[group].values():
-                spec["name"] = f"{prefix}.{spec['name']}"
-                if "partitions" in spec:
-                    spec["partitions"] = partitions
         self.topology_file = tmp_path / "topology.yaml"
-        self.topology_file.write_text(yaml.safe_dump(raw))
+        # Stored values name a source topic by a 16-bit hash of its name, and a worker refuses
+        # a topology in which two of them collide; random test names collide now and then
+        # (about one environment in a thousand), so such a prefix is replaced by another.
+        for attempt in range(100):
+            candidate = prefix if attempt == 0 else f"{prefix}-{attempt}"
+            self.topology_file.write_text(yaml.safe_dump(_prefixed(candidate, partitions)))
+            self.topology = load_topology(self.topology_file)
+            ids = {source_id(name) for name in self.topology.scoring_sources}
+            if len(ids) == len(self.topology.scoring_sources):
+                break
+        self.prefix = prefix = candidate
         self.model_file = tmp_path / "model.yaml"
         self.model_file.write_text(model_yaml)
-        self.topology = load_topology(self.topology_file)
         self.model = load_model(self.model_file)
         self.workers: list[WorkerProcess] = []
         created = subprocess.run(
