@@ -22,7 +22,7 @@ from typing import Any
 
 from engagement_index.core.compiled import CompiledModel, Cond
 from engagement_index.core.events import ContactKey, EventFields
-from engagement_index.core.lifecycle import advance, evaluate, step, with_due
+from engagement_index.core.lifecycle import advance, evaluate, step
 from engagement_index.core.records import ContactSnapshot, Transition
 from engagement_index.core.state import ContactState, decode_state, encode_state, layout_bytes
 
@@ -279,8 +279,3 @@ class Contacts:
         yield from self._python
         if self._store is not None:
             yield from self._store.list_keys()
-
-    def solve_all(self) -> None:
-        """Solve the due time of the contacts the Python core holds (the kernel's are)."""
-        for key, state in self._python.items():
-            self._python[key] = with_due(state, self.cm)

@@ -50,8 +50,9 @@ from engagement_index.stream.scoring import (
     OutboundRecord,
     decode_tick,
     encode_tick,
+    inbound_records,
 )
-from engagement_index.stream.transaction import TableTransaction
+from engagement_index.stream.transaction import TableTransaction, stored_value
 from engagement_index.topology import Topology
 
 if TYPE_CHECKING:
@@ -261,22 +262,10 @@ class AccountAgent:
         """Apply one batch: send and await the transitions, then write the table."""
         from engagement_index.stream.app import retry_delay
 
-        records = [
-            InboundRecord(
-                topic=m.topic,
-                partition=m.partition,
-                offset=m.offset,
-                key=m.key,
-                value=m.value,
-                timestamp_ms=int(m.timestamp * 1000),
-            )
-            for m in messages
-        ]
-        store: Any = self.table.data
+        records = inbound_records(messages)
 
         def load(key: bytes, index: int) -> bytes | None:
-            value = store._db_for_partition(records[index].partition).get(key)
-            return bytes(value) if value is not None else None
+            return stored_value(self.table, records[index].partition, key)
 
         outcome = self.scorer.process(records, load)
         worker = self.worker
@@ -398,11 +387,10 @@ class AccountAgent:
     def account_view(self, key: ContactKey, raw_key: bytes) -> tuple[dict[str, Any], int]:
         """The API body of one account, evaluated now (read on its canonical partition)."""
         partition = canonical_partition(raw_key, self.worker.topology.scoring_partitions)
-        store: Any = self.table.data
-        raw = store._db_for_partition(partition).get(raw_key)
+        raw = stored_value(self.table, partition, raw_key)
         if raw is None:
             return _not_found(key), 404
-        state = decode_account(bytes(raw), key)
+        state = decode_account(raw, key)
         snapshot = evaluate_account(state, self.worker.clock_ms(), self.acc)
         return snapshot.model_dump(mode="json"), 200
 

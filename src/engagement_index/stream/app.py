@@ -58,14 +58,14 @@ from engagement_index.stream.identity import alias_body, decode_alias
 from engagement_index.stream.produce import send_batched
 from engagement_index.stream.scoring import (
     BatchScorer,
-    InboundRecord,
     OutboundRecord,
     encode_tick,
+    inbound_records,
 )
 from engagement_index.stream.segment_api import SegmentApi
 from engagement_index.stream.segments import SegmentIndex
 from engagement_index.stream.stored import StoredContact
-from engagement_index.stream.transaction import TableTransaction
+from engagement_index.stream.transaction import TableTransaction, stored_value
 from engagement_index.topology import Topology
 
 log = logging.getLogger("engagement_index.worker")
@@ -281,30 +281,15 @@ class Worker:
 
     async def process_batch(self, messages: Sequence[Any]) -> None:
         """Score one batch of consumed messages: send and await outputs, then write tables."""
-        records = [
-            InboundRecord(
-                topic=m.topic,
-                partition=m.partition,
-                offset=m.offset,
-                key=m.key,
-                value=m.value,
-                timestamp_ms=int(m.timestamp * 1000),
-            )
-            for m in messages
-        ]
-        contacts_store: Any = self.contacts.data
-        history_store: Any = self.history.data
-
+        records = inbound_records(messages)
         loaded: dict[bytes, bytes | None] = {}  # the values before the batch (segment index)
 
         def load_contact(key: bytes, index: int) -> bytes | None:
-            value = contacts_store._db_for_partition(records[index].partition).get(key)
-            loaded[key] = value = bytes(value) if value is not None else None
+            loaded[key] = value = stored_value(self.contacts, records[index].partition, key)
             return value
 
         def load_history(key: bytes, index: int) -> bytes | None:
-            value = history_store._db_for_partition(records[index].partition).get(key)
-            return bytes(value) if value is not None else None
+            return stored_value(self.history, records[index].partition, key)
 
         daily_store: Any = self.daily.data
 
@@ -312,11 +297,8 @@ class Worker:
             db = daily_store._db_for_partition(records[index].partition)
             return [day for day, _ in stored_days(db, key, before)]
 
-        aliases_store: Any = self.aliases.data
-
         def load_alias(key: bytes, index: int) -> bytes | None:
-            value = aliases_store._db_for_partition(records[index].partition).get(key)
-            return bytes(value) if value is not None else None
+            return stored_value(self.aliases, records[index].partition, key)
 
         ticks = self.topology.internal.ticks.name
         woken = {r.partition for r in records if r.topic == ticks}
@@ -659,11 +641,10 @@ class Worker:
         an earlier release may have left on another partition is not its state); None if
         there is none."""
         partition = canonical_partition(raw_key, self.topology.scoring_partitions)
-        contacts: Any = self.contacts.data
-        raw = contacts._db_for_partition(partition).get(raw_key)
+        raw = stored_value(self.contacts, partition, raw_key)
         if raw is None:
             return None
-        stored = StoredContact.decode(bytes(raw), self.topology.scoring_sources)
+        stored = StoredContact.decode(raw, self.topology.scoring_sources)
         return partition, decode_state(stored.state_bytes, key)
 
     def contact_view(self, key: ContactKey, raw_key: bytes) -> tuple[dict[str, Any], int]:
@@ -680,11 +661,10 @@ class Worker:
             return not_found(key), 404
         partition, state = found
         snapshot = evaluate(state, self.clock_ms(), self.model.compiled)
-        history: Any = self.history.data
-        history_raw = history._db_for_partition(partition).get(raw_key)
+        history_raw = stored_value(self.history, partition, raw_key)
         import json
 
-        history = json.loads(bytes(history_raw)) if history_raw else []
+        history = json.loads(history_raw) if history_raw else []
         body = snapshot.model_dump(mode="json")
         body["last_transitions"] = list(reversed(history))
         body["model_version"] = self.model.version
@@ -694,8 +674,7 @@ class Worker:
     def _alias(self, raw_key: bytes) -> dict[str, Any]:
         """The contact's aliases-table value (``stream/identity.py``), read where it lives."""
         partition = canonical_partition(raw_key, self.topology.scoring_partitions)
-        aliases: Any = self.aliases.data
-        return decode_alias(aliases._db_for_partition(partition).get(raw_key))
+        return decode_alias(stored_value(self.aliases, partition, raw_key))
 
     def history_view(
         self, key: ContactKey, raw_key: bytes, params: dict[str, str]

@@ -101,6 +101,21 @@ class BatchOutcome:
     latency_from_ms: list[int] = field(default_factory=list)
 
 
+def inbound_records(messages: Sequence[Any]) -> list[InboundRecord]:
+    """A batch of consumed Faust messages as the scorers read them."""
+    return [
+        InboundRecord(
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            key=m.key,
+            value=m.value,
+            timestamp_ms=int(m.timestamp * 1000),
+        )
+        for m in messages
+    ]
+
+
 def encode_tick(due_ms: int) -> bytes:
     """Value of a decay wake-up record."""
     return TICK.pack(due_ms)

@@ -69,6 +69,7 @@ from engagement_index.stream.segment_query import (
     sort_value,
 )
 from engagement_index.stream.stored import StoredContact, account_of, state_bytes_of
+from engagement_index.stream.transaction import stored_value
 
 if TYPE_CHECKING:
     from engagement_index.stream.app import Worker
@@ -204,9 +205,7 @@ class SegmentIndex:
         retry_ms = int(settings.tick_retry_seconds * 1000)
 
         def load(partition: int, key: bytes) -> bytes | None:
-            store: Any = worker.contacts.data
-            value = store._db_for_partition(partition).get(key)
-            return bytes(value) if value is not None else None
+            return stored_value(worker.contacts, partition, key)
 
         def overdue(partition: int, at_ms: int) -> list[bytes]:
             return worker.due.overdue(partition, at_ms, retry_ms)

@@ -31,6 +31,12 @@ from engagement_index.stream.produce import Record, SentGroup, send_batched
 Writes = dict[bytes, tuple[int, bytes | None]]
 
 
+def stored_value(table: Any, partition: int, key: bytes) -> bytes | None:
+    """The value of ``key`` in the local store of ``table``'s ``partition`` (None: none)."""
+    value = table.data._db_for_partition(partition).get(key)
+    return bytes(value) if value is not None else None
+
+
 class TableTransaction:
     """The writes of one batch to the worker's tables (see the module docstring)."""
 
