@@ -12,11 +12,13 @@ no state of its own at the merge (the documented rule keeps the survivor's stage
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note_event
 from hypothesis import strategies as st
 
 from engagement_index.core.events import ContactKey
@@ -114,10 +116,14 @@ def test_a_merged_contact_equals_the_reference_fed_every_event_under_the_known_i
         at = state.clock_ms + scale
         snapshot = evaluate(state, at, cm)
         seen = reference.evaluate(key, at)
+        caps_exact = _caps_path_free(ref_model, before)
+        note_event(f"capped components compared: {caps_exact}")
+        capped = {spec.component for spec in ref_model.events.values() if spec.cap is not None}
         for component, score in seen["components"].items():
-            assert snapshot.components[component] == pytest.approx(score, abs=1e-6)
+            if caps_exact or component not in capped:
+                assert snapshot.components[component] == pytest.approx(score, abs=1e-6)
         stages = {n: s["stage"] for n, s in snapshot.lifecycles.items()}
-        if stages == seen["stages"]:  # the index is that of the stage's weighting
+        if caps_exact and stages == seen["stages"]:  # the index: that of the stage's weighting
             assert snapshot.index == pytest.approx(seen["index"], rel=1e-6, abs=1e-6)
         assert snapshot.events_counted == seen["events_counted"] == len(before) + len(after)
         assert set(snapshot.markers) == {m for m, is_set in seen["markers"].items() if is_set}
@@ -128,6 +134,40 @@ def test_a_merged_contact_equals_the_reference_fed_every_event_under_the_known_i
             assert stages == seen["stages"]
 
     check()
+
+
+def _caps_path_free(ref_model: ReferenceModel, before: list[dict[str, Any]]) -> bool:
+    """Neither path-dependent case of the capped rules occurs (docs/scoring.md#identity-merge),
+    judged by the reference: the events fed under one id and apart, before the merge."""
+    one = LifecycleReference(ref_model)
+    apart = LifecycleReference(ref_model)
+    for item in before:
+        one.feed({**item, "contact_id": KNOWN})
+        apart.feed(item)
+    ids = (KNOWN, ANON)
+    contacts = {cid: apart.contacts.get(("acme", cid)) for cid in ids}
+    uncounted_apart = sum(c.uncounted_capped for c in contacts.values() if c is not None)
+    if one.contacts[("acme", KNOWN)].uncounted_capped != uncounted_apart:
+        return False  # (1) a late capped event counted on its own id, not under one id
+    for spec in ref_model.events.values():
+        if spec.cap is None:
+            continue
+        per_ms = spec.cap.per_ms
+        opened = {
+            cid: {
+                math.floor(parse_time(e["timestamp"]) / per_ms)
+                for e in before
+                if e["contact_id"] == cid and e["type"] == spec.type
+            }
+            for cid in ids
+        }
+        for k in opened[KNOWN] & opened[ANON]:
+            for cid in ids:
+                contact = contacts[cid]
+                assert contact is not None
+                if k not in {w.k for w in contact.windows[spec.type]}:
+                    return False  # (2) a window of both ids that this id had left behind
+    return True
 
 
 def replayer_fields(event: dict[str, Any]) -> Any:

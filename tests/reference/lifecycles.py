@@ -827,6 +827,7 @@ class RefContact:
     first_seen_ms: int = 0
     last_event_ms: int = 0
     events_counted: int = 0
+    uncounted_capped: int = 0  # capped events older than both kept windows (no points)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -1042,6 +1043,7 @@ class LifecycleReference:
         window = next((w for w in windows if w.k == k), None)
         if window is None:
             if len(windows) == 2 and k < windows[0].k:
+                contact.uncounted_capped += 1
                 return  # older than the two kept windows: not counted
             window = CapWindow(k)
             windows.append(window)

@@ -10,7 +10,8 @@ of both (docs/scoring.md#identity-merge). The other parts of a state combine by 
 * component sums, trend sums and cap windows are rebased to ``M`` and added; a cap window both
   contacts hold is united (its count and sum add, and its ``N/n`` share is applied to the
   united count: the component sum is corrected by the difference); the two latest windows of
-  the union are kept;
+  the union are kept. Each id's capped events count as they counted on it, which can differ
+  from the one-id result (docs/scoring.md#identity-merge, caps);
 * first seen is the earlier, last event the later, ``events_counted`` the sum; the activity
   bitmaps are aligned on the later last event and united;
 * markers: by the model's ``merge.markers`` rule, ``latest`` by default (the later change of

@@ -202,3 +202,38 @@ def test_the_replay_reads_identity_records_as_their_own_envelope() -> None:
         assert replayer.rejects[-1].failure == failure
     replayer.feed(json.dumps({**link, "kind": "group", "account_id": "acct"}))
     assert len(replayer.rejects) == 3
+
+
+def test_capped_windows_unite_when_both_ids_hold_them_and_count_apart_otherwise() -> None:
+    """docs/scoring.md#identity-merge, caps: demo-journey counts one product.login per 10 s
+    window (product: half-life 60 s, saturation 20); the expected sums are computed by hand
+    from that rule and compared as the component score ``100 · D / (D + 20)``."""
+    model = load_model(ROOT / "config" / "models" / "demo-journey.yaml")
+    login = "product.login"
+
+    def product(known: list[Any], anon: list[Any]) -> float:
+        result = merged(model, known, anon)
+        assert result.state is not None
+        score = evaluate(result.state, result.at_ms, model.compiled).components["product"]
+        return float(20 * score / (100 - score))  # the decayed sum D behind the score
+
+    def decayed(age_ms: int) -> float:
+        return float(2.0 ** (-age_ms / 60_000))
+
+    # one window held by both: united, n = 2 > N = 1, each login counts half
+    both = product([ev(1, "user", T0, login)], [ev(2, "anon", T0 + 5_000, login)])
+    assert both == pytest.approx((decayed(5_000) + 1.0) / 2, abs=1e-12)
+    # (1) a late login of the window before: its own id counted it, so the merge does
+    late = product(
+        [ev(1, "user", T0, login), ev(3, "user", T0 - 1, login)],
+        [ev(2, "anon", T0 + 12_000, login)],
+    )
+    assert late == pytest.approx(decayed(12_000) + decayed(12_001) + 1.0, abs=1e-12)
+    # (2) the known id left its window behind (two later ones): the shares stay apart
+    apart = product(
+        [ev(1, "user", T0, login), ev(3, "user", T0 + 10_000, login),
+         ev(4, "user", T0 + 20_000, login)],
+        [ev(2, "anon", T0 + 5_000, login)],
+    )  # fmt: skip
+    expected = decayed(20_000) + decayed(15_000) + decayed(10_000) + 1.0
+    assert apart == pytest.approx(expected, abs=1e-12)
