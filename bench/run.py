@@ -429,13 +429,36 @@ class Worker:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def compact_rocksdb(root: Path) -> int:
+    """Run a manual full compaction of every RocksDB database under ``root`` (the worker
+    stopped): what is left on disk is then the live data without older versions and
+    tombstones. Opened with Faust's ``raw_mode``, as the worker's store opens them. Returns
+    how many databases were compacted."""
+    from rocksdict import Options, Rdict
+
+    compacted = 0
+    for current in sorted(root.rglob("CURRENT")):
+        db = Rdict(str(current.parent), options=Options(raw_mode=True))
+        try:
+            db.compact_range(None, None)
+        finally:
+            db.close()
+        compacted += 1
+    return compacted
+
+
 def dir_sizes(root: Path) -> dict[str, int]:
-    """Bytes on disk under ``root``, split into the contacts table, history table, other."""
+    """Bytes on disk under ``root``, split into the contacts table, history table, other.
+
+    RocksDB's info logs (``LOG``, ``LOG.old.*``: text that each open of a database starts
+    anew) are not counted: they are diagnostics, not data, and the compaction's own open
+    would otherwise add one per database to the figure after compaction.
+    """
     sizes = {"contacts": 0, "history": 0, "other": 0}
     if not root.exists():
         return sizes
     for path in root.rglob("*"):
-        if not path.is_file():
+        if not path.is_file() or path.name == "LOG" or path.name.startswith("LOG.old"):
             continue
         rel = str(path.relative_to(root))
         kind = next((k for k in ("contacts", "history") if f"{k}-" in rel), "other")
@@ -953,6 +976,8 @@ class Run:
         hwm = worker.vm_hwm()
         worker.stop()
         sizes = dir_sizes(worker.data_dir)
+        databases = compact_rocksdb(worker.data_dir)
+        compacted = dir_sizes(worker.data_dir)
         contacts_cl = f"{self.app_id}-contacts-changelog"
         latest: dict[bytes | None, int] = {}
         records = 0
@@ -969,9 +994,19 @@ class Run:
             "vm_hwm_bytes": hwm,
             "sampled_peak_rss_bytes": worker.peak_rss,
             "data_dir_bytes": sizes,
+            "data_dir_bytes_compacted": compacted,
+            "rocksdb_databases_compacted": databases,
             "contacts": contacts,
+            # as the worker left them (older versions and tombstones not yet compacted away)
             "rocksdb_bytes_per_contact": sizes["contacts"] / contacts if contacts else None,
             "rocksdb_bytes_per_contact_all_tables": sum(sizes.values()) / contacts
+            if contacts
+            else None,
+            # after a manual full compaction of every database (the figure the target is for)
+            "rocksdb_bytes_per_contact_compacted": compacted["contacts"] / contacts
+            if contacts
+            else None,
+            "rocksdb_bytes_per_contact_all_tables_compacted": sum(compacted.values()) / contacts
             if contacts
             else None,
             "changelog_mean_value_bytes": sum(latest.values()) / contacts if contacts else None,
@@ -983,6 +1018,7 @@ class Run:
         log(
             f"(8) footprint: peak RSS {f['peak_rss_bytes'] / 2**20:,.0f} MiB, "
             f"{f['rocksdb_bytes_per_contact'] or 0:,.0f} B/contact on disk (contacts table), "
+            f"{f['rocksdb_bytes_per_contact_compacted'] or 0:,.0f} B after compaction, "
             f"{f['changelog_mean_value_bytes'] or 0:,.0f} B mean value, "
             f"{f['changelog_records_per_event']:.2f} changelog records/event"
         )
@@ -1171,7 +1207,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "replay_vs_python_core": results.get("replay", {}).get("vs_python_core"),
         "worker_vs_broker": ratio(worker_rate, results.get("broker_limit", {}).get("events_per_s")),
         "p99_ms": results.get("latency", {}).get("p99_ms"),
-        "bytes_per_contact": results.get("footprint", {}).get("rocksdb_bytes_per_contact"),
+        "bytes_per_contact": results.get("footprint", {}).get(
+            "rocksdb_bytes_per_contact_compacted"
+        ),
+        "bytes_per_contact_as_left": results.get("footprint", {}).get("rocksdb_bytes_per_contact"),
         "recovery_contacts_per_s": results.get("recovery", {}).get("contacts_per_s"),
         "replay_events_per_s": results.get("replay", {}).get("events_per_s"),
     }
@@ -1280,13 +1319,29 @@ def print_table(results: dict[str, Any]) -> None:
         ("    replay / Python core", _fmt(h["replay_vs_python_core"], 2), "x", ""),
         ("(8) peak RSS of the worker", _fmt((fp.get("peak_rss_bytes") or 0) / 2**20), "MiB", ""),
         (
-            "    RocksDB bytes per contact (contacts table)",
-            _fmt(fp.get("rocksdb_bytes_per_contact")),
+            "    RocksDB B/contact, contacts table, compacted",
+            _fmt(fp.get("rocksdb_bytes_per_contact_compacted")),
             "B",
-            check(fp.get("rocksdb_bytes_per_contact"), TARGETS["bytes_per_contact"] + 1, False),
+            check(
+                fp.get("rocksdb_bytes_per_contact_compacted"),
+                TARGETS["bytes_per_contact"] + 1,
+                False,
+            ),
         ),
         (
-            "    RocksDB bytes per contact (all tables)",
+            "    RocksDB B/contact, contacts table, as left",
+            _fmt(fp.get("rocksdb_bytes_per_contact")),
+            "B",
+            "",
+        ),
+        (
+            "    RocksDB B/contact, all tables, compacted",
+            _fmt(fp.get("rocksdb_bytes_per_contact_all_tables_compacted")),
+            "B",
+            "",
+        ),
+        (
+            "    RocksDB B/contact, all tables, as left",
             _fmt(fp.get("rocksdb_bytes_per_contact_all_tables")),
             "B",
             "",
