@@ -146,6 +146,9 @@ auto.create.topics.enable=true
 delete.topic.enable=true
 log.retention.hours=-1
 log.segment.bytes=104857600
+# the log cleaner looks for dirty compacted logs every second (default 15 s), so that the
+# table changelogs are cleaned within a test or bench run (docs/topology.md#changelogs-compaction)
+log.cleaner.backoff.ms=1000
 PROPS
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from engagement_index.errors import BrokerError, TopologyError
 from engagement_index.kafka_security import check_access, kafka_python_options
 from engagement_index.settings import Settings
 from engagement_index.topology import Topology
+
+log = logging.getLogger("engagement_index.topics")
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -87,6 +90,36 @@ def create_topics(admin: KafkaAdminClient, topology: Topology) -> list[str]:
     return created
 
 
+def align_changelogs(
+    admin: KafkaAdminClient, topology: Topology, statuses: list[TopicStatus]
+) -> list[str]:
+    """Set the declared compaction configs on existing table changelogs that lack them.
+
+    The changelogs are the worker's own state topics and every config of theirs is
+    declared (``changelogs`` in streams/topology.yaml), so they are brought to the
+    declaration, e.g. after an upgrade that declares new ones; any other topic that differs
+    is left as it is and reported. Returns the names altered.
+    """
+    stale = [
+        s
+        for s in statuses
+        if s.name in topology.changelog_names
+        and s.partitions_found == s.partitions_wanted
+        and s.problems
+    ]
+    if not stale:
+        return []
+    admin.alter_configs(
+        [
+            ConfigResource(ConfigResourceType.TOPIC, s.name, configs=topology.changelog_configs())
+            for s in stale
+        ]
+    )
+    for status in stale:
+        log.warning("%s: compaction configs set as declared (%s)", status.name, status.problems)
+    return [s.name for s in stale]
+
+
 def describe_topics(admin: KafkaAdminClient, topology: Topology) -> list[TopicStatus]:
     """Compare every declared topic with the cluster."""
     declared = list(topology.all_topics())
@@ -126,6 +159,8 @@ def ensure_topics(settings: Settings, topology: Topology) -> list[str]:
             if not any(s.partitions_found is None for s in bad) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        if align_changelogs(admin, topology, bad):
+            bad = [s for s in describe_topics(admin, topology) if s.problems]
     finally:
         admin.close()
     if bad:

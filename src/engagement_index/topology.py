@@ -88,6 +88,49 @@ class TableSpec(_Frozen):
     retention: str | int = "forever"
 
 
+def _duration(value: str | int) -> str | int:
+    if parse_retention_ms(value) < 0:
+        raise ValueError(f"{value!r}: a duration here cannot be 'forever' or negative")
+    return value
+
+
+class ChangelogCompaction(_Frozen):
+    """How the log cleaner treats every table changelog (compacted topics).
+
+    A restore reads a changelog from its start; the cleaner keeps only the latest record
+    of each key in the segments it has cleaned, but never touches the active segment nor
+    a log whose share of uncleaned records is below ``min_cleanable_dirty_ratio``. So a
+    short ``segment`` and a low ratio keep a restore at about one record per key.
+    """
+
+    segment: str | int = "10m"  # segment.ms: the active segment is rolled after this long
+    min_cleanable_dirty_ratio: float = Field(default=0.1, gt=0, le=1)
+    min_compaction_lag: str | int = 0  # min.compaction.lag.ms
+    delete_retention: str | int = "7d"  # delete.retention.ms: how long tombstones stay
+
+    @field_validator("segment")
+    @classmethod
+    def _segment_positive(cls, value: str | int) -> str | int:
+        if parse_retention_ms(_duration(value)) < 1:
+            raise ValueError(f"{value!r}: segment must be at least 1 ms")
+        return value
+
+    @field_validator("min_compaction_lag", "delete_retention")
+    @classmethod
+    def _duration_parses(cls, value: str | int) -> str | int:
+        return _duration(value)
+
+    def topic_configs(self) -> dict[str, str]:
+        """The Kafka topic configs of a changelog, ``cleanup.policy=compact`` included."""
+        return {
+            "cleanup.policy": "compact",
+            "segment.ms": str(parse_retention_ms(self.segment)),
+            "min.cleanable.dirty.ratio": str(self.min_cleanable_dirty_ratio),
+            "min.compaction.lag.ms": str(parse_retention_ms(self.min_compaction_lag)),
+            "delete.retention.ms": str(parse_retention_ms(self.delete_retention)),
+        }
+
+
 class Topology(_Frozen):
     """The whole declaration: inbound, outbound and internal topics and the tables."""
 
@@ -99,6 +142,7 @@ class Topology(_Frozen):
     outbound: OutboundTopics
     internal: InternalTopics
     tables: dict[Literal["contacts", "history", "daily", "aliases", "accounts"], TableSpec]
+    changelogs: ChangelogCompaction = ChangelogCompaction()
 
     @field_validator("inbound")
     @classmethod
@@ -195,8 +239,20 @@ class Topology(_Frozen):
             )
             yield changelog.name, self.scoring_partitions, changelog
 
+    @property
+    def changelog_names(self) -> frozenset[str]:
+        """The changelog topics of the declared tables."""
+        return frozenset(self.changelog_topic(table) for table in self.tables)
+
+    def changelog_configs(self) -> dict[str, str]:
+        """Topic configs of every table changelog: what ``topics create`` sets and what the
+        worker gives Faust's tables (``extra_topic_configs``) for the topics Faust creates."""
+        return self.changelogs.topic_configs()
+
     def topic_configs(self, spec: TopicSpec) -> dict[str, str]:
         """Kafka topic configs for ``spec``."""
+        if spec.name in self.changelog_names:
+            return self.changelog_configs()
         configs: dict[str, str] = {"cleanup.policy": spec.cleanup_policy}
         if spec.cleanup_policy == "delete":
             configs["retention.ms"] = str(spec.retention_ms)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 from engagement_index.topology import load_topology
 
@@ -37,6 +37,12 @@ def topics(bootstrap: str, topology: Path, action: str) -> subprocess.CompletedP
     )
 
 
+def describe_configs(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
+    response = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])[0]
+    entries = response.resources[0][4]
+    return {entry[0]: entry[1] for entry in entries}
+
+
 def private_topology(tmp_path: Path, prefix: str) -> Path:
     raw = yaml.safe_load((REPO / "streams" / "topology.yaml").read_text())
     raw["app_id"] = f"{prefix}-app"
@@ -49,13 +55,26 @@ def private_topology(tmp_path: Path, prefix: str) -> Path:
 
 
 def test_create_is_idempotent_and_describe_reports_ok(
-    bootstrap_servers: str, tmp_path: Path, unique_name: Callable[[str], str]
+    bootstrap_servers: str,
+    kafka_admin: KafkaAdminClient,
+    tmp_path: Path,
+    unique_name: Callable[[str], str],
 ) -> None:
     prefix = unique_name("topo")
     path = private_topology(tmp_path, prefix)
+    # a changelog created before its compaction configs were declared (an upgrade): create
+    # sets them as declared
+    old_changelog = f"{prefix}-app-contacts-changelog"
+    kafka_admin.create_topics(
+        [NewTopic(old_changelog, 6, 1, topic_configs={"cleanup.policy": "compact"})]
+    )
     first = topics(bootstrap_servers, path, "create")
     assert first.returncode == 0, first.stderr
     assert f"created {prefix}.events.web" in first.stdout
+    assert f"{old_changelog}: compaction configs set as declared" in first.stderr
+    found = describe_configs(kafka_admin, old_changelog)
+    assert found["segment.ms"] == "600000"
+    assert found["min.cleanable.dirty.ratio"] == "0.1"
     second = topics(bootstrap_servers, path, "create")
     assert second.returncode == 0, second.stderr
     assert "0 created" in second.stdout

@@ -201,6 +201,7 @@ class AccountAgent:
             key_type=bytes,
             value_type=bytes,
             partitions=partitions,
+            extra_topic_configs=topology.changelog_configs(),
         )
         self._updates = topology.internal.account_updates.name
         self._ticks = topology.internal.account_ticks.name

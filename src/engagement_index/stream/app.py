@@ -183,6 +183,8 @@ class Worker:
             "block_cache_size": settings.rocksdb_block_cache_bytes,
             "write_buffer_size": settings.rocksdb_write_buffer_bytes,
         }
+        #: the changelogs' compaction (streams/topology.yaml) for the topics Faust creates
+        changelog_configs = topology.changelog_configs()
         self.contacts = self.app.Table(
             "contacts",
             default=None,
@@ -190,6 +192,7 @@ class Worker:
             value_type=bytes,
             partitions=partitions,
             options=table_options,
+            extra_topic_configs=changelog_configs,
         )
         self.history = self.app.Table(
             "history",
@@ -198,6 +201,7 @@ class Worker:
             value_type=bytes,
             partitions=partitions,
             options=table_options,
+            extra_topic_configs=changelog_configs,
         )
         #: score history (``stream/daily.py``): key = contact key + day, value = a state
         self.daily = self.app.Table(
@@ -207,6 +211,7 @@ class Worker:
             value_type=bytes,
             partitions=partitions,
             options=table_options,
+            extra_topic_configs=changelog_configs,
         )
         #: identity merge (``stream/identity.py``): absorbed id -> survivor, survivor -> aliases
         self.aliases = self.app.Table(
@@ -216,6 +221,7 @@ class Worker:
             value_type=bytes,
             partitions=partitions,
             options=table_options,
+            extra_topic_configs=changelog_configs,
         )
         self.source = self.app.topic(
             *topology.scoring_sources,
