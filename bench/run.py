@@ -301,7 +301,7 @@ def private_topology(run_dir: Path, prefix: str) -> tuple[Path, dict[str, Any]]:
     # the changelogs' active segments roll within the run, so that the log cleaner (the
     # broker's log.cleaner.backoff.ms is 1 s, dev/kafka/kafka.sh) has cleaned most of each
     # changelog before the recovery (6) reads it
-    raw.setdefault("changelogs", {})["segment"] = "5s"
+    raw.setdefault("changelogs", {})["segment"] = "1s"
     path = run_dir / "topology.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path, raw

@@ -43,7 +43,7 @@ from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.account_agent import AccountAgent
 from engagement_index.stream.auth import TokenAuth, Unauthorized, load_tokens
-from engagement_index.stream.bulk import BulkApp, BulkTableManager
+from engagement_index.stream.bulk import STORE_SCHEME, BulkApp, BulkTableManager
 from engagement_index.stream.console import Console
 from engagement_index.stream.daily import (
     SeriesError,
@@ -153,7 +153,7 @@ class Worker:
             topology.app_id,
             broker=broker_urls(settings),
             broker_credentials=broker_credentials(settings),
-            store="rocksdb://",
+            store=f"{STORE_SCHEME}://",
             datadir=str(settings.data_dir),
             version=1,
             autodiscover=False,

@@ -33,12 +33,15 @@ written. Faust commits acknowledged offsets only, so a crash re-delivers the who
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
 import faust
 from aiokafka.structs import TopicPartition
+from faust import stores
+from faust.stores import rocksdb as faust_rocksdb
 from faust.tables import TableManager
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -343,3 +346,31 @@ class BulkTableManager(TableManager):
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
+
+
+class BulkStore(faust_rocksdb.Store):
+    """Faust's RocksDB store, without a full garbage collection at rebalances that revoke
+    none of its table's partitions.
+
+    Faust's ``revoke_partitions`` drops the databases of the revoked partitions and then
+    runs ``gc.collect()`` (so that RocksDB closes them), once per table at every rebalance,
+    even when nothing of the table is revoked: at a worker's start and at every recovery,
+    five full collections of a process that holds Faust, the model and the indexes (7% of a
+    recovery's samples). This one collects only when it dropped a database.
+    """
+
+    def revoke_partitions(self, table: Any, tps: set[Any]) -> None:
+        """Drop the databases of ``table``'s revoked partitions; collect if any was open."""
+        topics = table.changelog_topic.topics
+        closed = 0
+        for tp in tps:
+            if tp.topic in topics and self._dbs.pop(tp.partition, None) is not None:
+                closed += 1
+        if closed:
+            self.logger.info("closing the databases of %d revoked partitions", closed)
+            gc.collect()
+
+
+#: the worker's store URL scheme (``store=f"{STORE_SCHEME}://"``): :class:`BulkStore`
+STORE_SCHEME = "bulkrocksdb"
+stores.STORES.aliases.setdefault(STORE_SCHEME, f"{__name__}:BulkStore")
