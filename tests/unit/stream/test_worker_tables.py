@@ -3,6 +3,7 @@ rebalance."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from prometheus_client import CollectorRegistry
 from engagement_index.core.model import load_model
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
-from engagement_index.stream import bulk
 from engagement_index.stream.app import Worker
 from engagement_index.stream.bulk import BulkStore
 from engagement_index.topology import load_topology
@@ -52,7 +52,12 @@ def test_a_rebalance_collects_garbage_only_if_it_closed_a_database_of_the_table(
     store: Any = worker.contacts.data
     assert isinstance(store, BulkStore)
     collections: list[int] = []
-    monkeypatch.setattr(bulk.gc, "collect", lambda: collections.append(1) or 0)
+
+    def collect() -> int:
+        collections.append(1)
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
     contacts = TP(worker.topology.changelog_topic("contacts"), 0)
     history = TP(worker.topology.changelog_topic("history"), 0)
     store._dbs[0] = object()  # an open database of partition 0
