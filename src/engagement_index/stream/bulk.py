@@ -208,6 +208,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 changelog: list[Message] = []
                 epoch = seek_epoch()
                 stale = epoch < 0
+                dropped = False  # this fetch held records of bulk topics that were not handled
                 generation = -1  # the consumer generation the fetch's changelog records are of
                 await asyncio.sleep(0)
                 if self.should_stop:
@@ -215,7 +216,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 async for tp, message in getmany(timeout=1.0):
                     if handler is not None and message.topic in bulk_topics:
                         if stale:
-                            self.dropped_unread = True
+                            self.dropped_unread = dropped = True
                             continue
                         if not (flow_control_active() or consumer_flow_stopped()):
                             await self._wait_for_flow_control()
@@ -228,7 +229,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                             # or a seek moved the positions since this fetch began: drop the
                             # fetch unread, it is fetched again (see the seek after the loop)
                             stale = True
-                            self.dropped_unread = True
+                            self.dropped_unread = dropped = True
                             continue
                         offset = message.offset
                         r_offset = read.get(tp)
@@ -273,12 +274,15 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     apply_changelog(recovery, changelog)
                 if stale or seek_epoch() != epoch:
                     if batch:
-                        self.dropped_unread = True
+                        self.dropped_unread = dropped = True
                     batch = []
-                    if not (consumer_flow_stopped() or self.should_stop):
+                    if dropped and not (consumer_flow_stopped() or self.should_stop):
                         self.log.info("dropped a fetch (a seek or a held flow); seeking again")
                         # some of the dropped records may have been fetched after the seek:
                         # the position is past them. Seek again; re-reads are recognised.
+                        # (A fetch without records of bulk topics moved no position of
+                        # theirs: the seek's positions stand, and the recovery's seek is
+                        # not followed by a second one.)
                         await self.perform_seek()
                 elif consumer_flow_stopped():
                     # a rebalance began; its recovery seeks before the flow resumes
