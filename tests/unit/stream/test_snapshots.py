@@ -81,14 +81,19 @@ class World:
         )
         self.contacts: dict[bytes, bytes] = {}
         self.history: dict[bytes, bytes] = {}
+        self.aliases: dict[bytes, bytes] = {}
 
     def run(self, records: list[InboundRecord]) -> BatchOutcome:
         out = self.scorer.process(
-            records, lambda k, _i: self.contacts.get(k), lambda k, _i: self.history.get(k)
+            records,
+            lambda k, _i: self.contacts.get(k),
+            lambda k, _i: self.history.get(k),
+            load_alias=lambda k, _i: self.aliases.get(k),
         )
         for table, writes in (
             (self.contacts, out.contact_writes),
             (self.history, out.history_writes),
+            (self.aliases, out.alias_writes),
         ):
             for key, (_, value) in writes.items():
                 if value is None:
@@ -224,3 +229,59 @@ def test_a_batch_sends_what_one_record_batches_send_less_earlier_snapshots(
     assert together.snapshots_sent() - before == sum(
         s.topic == SCORES and s.value is not None for s in out.sends
     )
+
+
+def test_an_identity_merge_in_a_batch_with_events_of_both_ids(world: Callable[[], World]) -> None:
+    """The absorbed id's snapshot stays before its tombstone; the survivor's merge snapshot is
+    replaced by the one of its event after the merge in the same batch."""
+    anon = [
+        rec(0, event(300, 36_000, contact="anon-1")),
+        rec(1, event(301, 36_010, contact="anon-1")),
+    ]
+    user = [rec(0, event(400, 36_020, contact="u-1")), rec(1, event(401, 36_030, contact="u-1"))]
+    link = json.dumps(
+        {
+            "kind": "identify",
+            "event_id": "i1",
+            "tenant": "acme",
+            "contact_id": "u-1",
+            "anonymous_id": "anon-1",
+            "timestamp": "2026-11-18T10:00:40Z",
+        }
+    ).encode()
+    scratch = world()
+    scratch.run(anon)
+    identities = TOPOLOGY.outbound.identities.name
+    step_two = TOPOLOGY.internal.merge_requests.name
+    step_three = TOPOLOGY.internal.merge_transfers.name
+    [request] = [s for s in scratch.run([rec(0, link, identities)]).sends if s.topic == step_two]
+    [transfer] = [s for s in scratch.run([as_inbound(request)]).sends if s.topic == step_three]
+    assert json.loads(transfer.value or b"")["state"] is not None, "anon-1 has a state to merge"
+    records = [*anon, *user, as_inbound(request), as_inbound(transfer)]
+    records.append(rec(2, event(402, 36_050, "email.click", contact="u-1")))
+    apart, together = world(), world()
+    each = [apart.run([r]).sends for r in records]
+    assert SCORES in {s.topic for s in each[5]}, "the merge alone sends the survivor's snapshot"
+    expected = [s for sends in each for s in sends]
+    out = together.run(records)
+    assert out.sends == one_per_batch(expected)
+    assert together.contacts == apart.contacts
+    assert together.aliases == apart.aliases
+    absorbed = scores(out, "anon-1")
+    assert len(absorbed) == 2
+    assert absorbed[0] is not None
+    assert absorbed[1] is None, "the tombstone last"
+    [survivor] = scores(out, "u-1")
+    sent_apart = [s.value for s in expected if s.topic == SCORES and s.key == key_of("u-1")]
+    assert survivor == sent_apart[-1]
+    assert len(sent_apart) == 4, "each of the survivor's events and the merge sent one apart"
+
+
+def as_inbound(sent: OutboundRecord) -> InboundRecord:
+    """A record the scorer sent to a topic it reads, as it comes back (offset 0)."""
+    assert sent.key is not None
+    assert sent.value is not None
+    partition = sent.partition
+    if partition is None:
+        partition = canonical_partition(sent.key, PARTITIONS)
+    return InboundRecord(sent.topic, partition, 0, sent.key, sent.value, NOW)
