@@ -772,6 +772,14 @@ class Run:
             table: kafka.total_end([f"{self.app_id}-{table}-changelog"])
             for table in ("contacts", "history")
         }
+        produced_topics = yaml.safe_load(self.topology_file.read_text())
+        produced = {  # records on every topic the worker writes (outbound, internal, changelogs)
+            role: kafka.total_end([spec["name"]])
+            for group in ("outbound", "internal")
+            for role, spec in produced_topics[group].items()
+        }
+        for table in produced_topics["tables"]:
+            produced[f"{table}_changelog"] = kafka.total_end([f"{self.app_id}-{table}-changelog"])
         self.results["worker"] = {
             "events": total,
             "seconds": seconds,
@@ -786,6 +794,9 @@ class Run:
             "changelog_records": changelogs,
             "changelog_records_per_event": sum(changelogs.values()) / total,
             "contacts_changelog_records_per_event": changelogs["contacts"] / total,
+            "score_snapshots": metrics.get("engagement_score_snapshots_total"),
+            "produced_records": produced,
+            "produced_records_per_event": sum(produced.values()) / total,
         }
         w = self.results["worker"]
         log(

@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(default=300.0, ge=0)
     max_age_days: float = Field(default=400.0, gt=0)
     score_step: float = Field(
-        default=1.0, ge=0, description="publish a score snapshot when the index moves this much"
+        default=1.0,
+        ge=0,
+        description="a score snapshot when the index moves more than this (a transition makes "
+        "one too); a batch sends the last one per contact",
     )
     batch_size: int = Field(default=1000, ge=1)
     batch_within_seconds: float = Field(default=0.02, gt=0)

@@ -52,7 +52,7 @@ from engagement_index.stream.scoring import (
     encode_tick,
     inbound_records,
 )
-from engagement_index.stream.transaction import TableTransaction, stored_value
+from engagement_index.stream.transaction import TableTransaction, retry_delay, stored_value
 from engagement_index.topology import Topology
 
 if TYPE_CHECKING:
@@ -240,8 +240,6 @@ class AccountAgent:
 
     async def _until_done(self, messages: Sequence[Any]) -> None:
         """Process a batch, retrying with back-off: no exception leaves the agent."""
-        from engagement_index.stream.app import retry_delay
-
         attempt = 0
         while True:
             try:
@@ -261,8 +259,6 @@ class AccountAgent:
 
     async def process_batch(self, messages: Sequence[Any]) -> None:
         """Apply one batch: send and await the transitions, then write the table."""
-        from engagement_index.stream.app import retry_delay
-
         records = inbound_records(messages)
 
         def load(key: bytes, index: int) -> bytes | None:
@@ -279,15 +275,7 @@ class AccountAgent:
         transaction = TableTransaction(worker._aio_producer())
         transaction.stage(self.table, outcome.writes, lambda i: records[i].partition)
         transaction.write_stores()
-        attempt = 0
-        while True:
-            try:
-                await transaction.send_changelog()
-                break
-            except BatchWriteError:
-                attempt += 1
-                worker.metrics.batch_failures.labels(step="changelog").inc()
-                await asyncio.sleep(retry_delay(attempt))
+        await transaction.send_changelog_until_acked(worker.metrics, "accounts")
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         worker.metrics.account_due_index_size.set(len(self.due))

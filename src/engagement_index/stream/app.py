@@ -65,7 +65,7 @@ from engagement_index.stream.scoring import (
 from engagement_index.stream.segment_api import SegmentApi
 from engagement_index.stream.segments import SegmentIndex
 from engagement_index.stream.stored import StoredContact
-from engagement_index.stream.transaction import TableTransaction, stored_value
+from engagement_index.stream.transaction import TableTransaction, retry_delay, stored_value
 from engagement_index.topology import Topology
 
 log = logging.getLogger("engagement_index.worker")
@@ -74,11 +74,6 @@ log = logging.getLogger("engagement_index.worker")
 def wall_clock_ms() -> int:
     """Milliseconds since the epoch, from the wall clock (I/O layer only)."""
     return time.time_ns() // 1_000_000
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (1, 2, ...): 0.5 s doubling, at most 30 s."""
-    return float(min(30.0, 0.5 * 2 ** (attempt - 1)))
 
 
 def broker_urls(settings: Settings) -> list[str]:
@@ -332,24 +327,7 @@ class Worker:
             outcome.due_updates,
             self.clock_ms(),
         )
-        attempt = 0
-        while True:  # the stores are written: the same changelog records until they are acked
-            try:
-                await transaction.send_changelog()
-                break
-            except BatchWriteError:
-                attempt += 1
-                self.metrics.batch_failures.labels(step="changelog").inc()
-                self.metrics.errors.labels(where="batch").inc()
-                delay = retry_delay(attempt)
-                log.exception(
-                    "changelog records of a batch of %d not acknowledged (attempt %d); "
-                    "sending them again in %.1fs",
-                    len(records),
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        await transaction.send_changelog_until_acked(self.metrics, "batch")
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         for lifecycle, old, new in outcome.stage_moves:

@@ -8,6 +8,10 @@ tables, and gets back what to send and what to store. That keeps the delivery ru
   never ahead of what was published. A crash re-delivers the batch; records already reflected
   in the state are recognised by their per-source offset and skipped, and their outputs were
   already acknowledged, so nothing is lost and nothing is counted twice.
+* A batch sends at most one score snapshot per contact: the last one it computed, in the
+  place of that last one among the batch's sends (the scores topic is compacted, so a
+  snapshot the same batch replaces says nothing a reader keeps; a tombstone sent after it,
+  an erasure, stays after it).
 * Upstream duplicates (same ``event_id`` for a contact, arriving within the dedupe window of
   the applied copy, by record timestamp) are dropped by ``core.dedupe``; the window is kept in
   the contact's table value.
@@ -101,6 +105,11 @@ class BatchOutcome:
     latency_from_ms: list[int] = field(default_factory=list)
 
 
+#: the place in ``BatchOutcome.sends`` of a snapshot a later one of the same batch replaced
+#: (removed at the batch end)
+_REPLACED = OutboundRecord("", None, None)
+
+
 def inbound_records(messages: Sequence[Any]) -> list[InboundRecord]:
     """A batch of consumed Faust messages as the scorers read them."""
     return [
@@ -143,6 +152,10 @@ class _Batch:
     #: reads the aliases table (identity merge); its values as read or changed in this batch
     load_alias: Callable[[bytes, int], bytes | None] | None = None
     aliases: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    #: per contact key, where in ``out.sends`` its latest snapshot of this batch is
+    snapshot_at: dict[bytes, int] = field(default_factory=dict)
+    #: how many snapshots a later one of the same contact replaced in this batch
+    replaced: int = 0
 
 
 class BatchScorer:
@@ -275,6 +288,9 @@ class BatchScorer:
         consumed = self.metrics.events_consumed
         for (channel, outcome), count in outcomes.items():
             consumed.labels(channel=channel, outcome=outcome).inc(count)
+        if batch.replaced:
+            out.sends = [r for r in out.sends if r is not _REPLACED]
+        self._snapshot_count += len(batch.snapshot_at)
         self._count_outputs()
         for topic, event_ms in newest.items():
             self.metrics.event_time_lag.labels(channel=channels[topic]).set(
@@ -506,7 +522,6 @@ class BatchScorer:
         key, state, transitions = change
         out = batch.out
         out.due_updates[key] = (record.partition, state.due_ms)
-        sends = out.sends
         if transitions:
             self._send_transitions(batch, index, key, transitions)
         # the snapshot is evaluated at the state's clock, where the index needs no rebase
@@ -515,10 +530,20 @@ class BatchScorer:
         moved = math.isnan(published) or abs(index_now - published) > self.settings.score_step
         if moved or transitions:
             snapshot = evaluate(state, state.clock_ms, self._compiled)
-            sends.append(OutboundRecord(self._scores_topic, key, snapshot.to_json_bytes()))
-            self._snapshot_count += 1
+            self._send_snapshot(batch, key, snapshot.to_json_bytes())
             entry.published_index = snapshot.index
         entry.set_state(state)
+
+    def _send_snapshot(self, batch: _Batch, key: bytes, value: bytes) -> None:
+        """Queue the contact's snapshot in place of the one this batch queued before, if any
+        (one snapshot per contact per batch, the latest, where the latest would be sent)."""
+        sends = batch.out.sends
+        earlier = batch.snapshot_at.get(key)
+        if earlier is not None:
+            sends[earlier] = _REPLACED
+            batch.replaced += 1
+        batch.snapshot_at[key] = len(sends)
+        sends.append(OutboundRecord(self._scores_topic, key, value))
 
     def _send_transitions(
         self, batch: _Batch, index: int, key: bytes, transitions: list[Transition]
@@ -564,8 +589,7 @@ class BatchScorer:
             made = [Transition.trusted(**values) for values in transitions]
             self._send_transitions(batch, index, key, made)
         if snapshot is not None:
-            out.sends.append(OutboundRecord(self._scores_topic, key, orjson.dumps(snapshot)))
-            self._snapshot_count += 1
+            self._send_snapshot(batch, key, orjson.dumps(snapshot))
             entry.published_index = snapshot["index"]
         entry.set_stored(data, clock_ms)
         return True

@@ -8,9 +8,10 @@ kept in the partition's database (where a recovery starts reading).
 :meth:`TableTransaction.write_stores` writes the local stores;
 :meth:`TableTransaction.send_changelog` produces the changelog records and awaits their
 acknowledgements, raising :class:`~engagement_index.errors.BatchWriteError` if any was
-refused or timed out. The worker sends the same records again until they are acknowledged
-(``Worker.process_batch``): until then the batch's source records are not acknowledged, so no
-offset is committed past a changelog that is behind the local store. (A crash in between is
+refused or timed out; :meth:`TableTransaction.send_changelog_until_acked` sends the same
+records again, with back-off, until they are acknowledged (the contact and account batches):
+until then the batch's source records are not acknowledged, so no offset is committed past a
+changelog that is behind the local store. (A crash in between is
 covered by the re-delivery path: ``BatchScorer._rewrite`` writes the values of re-delivered
 records again.)
 """
@@ -18,6 +19,7 @@ records again.)
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +27,18 @@ from faust.types import TP
 from rocksdict import WriteBatch
 
 from engagement_index.errors import BatchWriteError
+from engagement_index.metrics import Metrics
 from engagement_index.stream.produce import Record, SentGroup, send_batched
+
+log = logging.getLogger(__name__)
 
 #: table key -> (index in the batch of the record that last touched it, value or None: delete)
 Writes = dict[bytes, tuple[int, bytes | None]]
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): 0.5 s doubling, at most 30 s."""
+    return float(min(30.0, 0.5 * 2 ** (attempt - 1)))
 
 
 def stored_value(table: Any, partition: int, key: bytes) -> bytes | None:
@@ -88,6 +98,30 @@ class TableTransaction:
         stores = {topic: store for store, topic, _ in self._stores}
         for group in groups:
             _persist_offset(stores[group.topic], group)
+
+    async def send_changelog_until_acked(self, metrics: Metrics, where: str) -> None:
+        """:meth:`send_changelog` again, with back-off, until every record is acknowledged
+        (the stores are written: the same records); each refusal is logged and counted in
+        ``engagement_batch_failures_total{step="changelog"}`` and
+        ``engagement_worker_errors_total{where=...}``."""
+        attempt = 0
+        while True:
+            try:
+                await self.send_changelog()
+                return
+            except BatchWriteError:
+                attempt += 1
+                metrics.batch_failures.labels(step="changelog").inc()
+                metrics.errors.labels(where=where).inc()
+                delay = retry_delay(attempt)
+                log.exception(
+                    "%d changelog records not acknowledged (attempt %d); "
+                    "sending them again in %.1fs",
+                    len(self._changelog),
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
 
 def _persist_offset(store: Any, group: SentGroup) -> None:

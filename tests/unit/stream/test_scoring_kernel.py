@@ -136,5 +136,10 @@ def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
         assert a.due_updates == b.due_updates, f"batch {n}: due times"
         assert a.stage_moves == b.stage_moves, f"batch {n}: stage moves"
     assert sum(len(o.daily_writes) for o in fast) > 0
+    scores = TOPOLOGY.outbound.scores.name
+    # one snapshot per contact per batch (tests/unit/stream/test_snapshots.py)
+    for n, o in enumerate(fast):
+        keys = [r.key for r in o.sends if r.topic == scores and r.value is not None]
+        assert len(keys) == len(set(keys)), f"batch {n}: one snapshot per contact"
     assert any(r.topic == TOPOLOGY.outbound.dead_letters.name for o in fast for r in o.sends)
     assert sum(r.topic == TOPOLOGY.outbound.stage_changes.name for o in fast for r in o.sends)
