@@ -5,8 +5,8 @@
 One run starts its own broker (``dev/kafka/kafka.sh``, free ports, a state folder under
 bench/.cache/runs/), loads the cached workload into private inbound topics once, then measures
 in turn: (1) Kafka's ConsumerPerformance, (2) a bare aiokafka client, (3) a Quix Streams peer,
-(4) the worker, (5) the worker's latency at a fraction of its maximum, (8) its footprint,
-(6) recovery of its deleted state, (7) the offline replay. It prints a table, writes
+(4) the worker, (8) its footprint, (6) recovery of its deleted state, (5) the recovered
+worker's latency at a fraction of its maximum, (7) the offline replay. It prints a table, writes
 bench/results/latest.json and appends a row to bench/RESULTS.md. See bench/README.md.
 """
 
@@ -142,12 +142,6 @@ class Kafka:
         self.offsets_consumer = KafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
         )
-
-    # -- (7)
-    def replay(self) -> None:
-        """The replay with the kernel and with the Python core (``ENGAGEMENT_INDEX_KERNEL=
-        python``), and its JSON-parse limit: a bare ``orjson.loads`` loop over the same file."""
-        self.results["replay"] = replay_figures(self.events_file, self.n, self.run_dir)
 
     def close(self) -> None:
         self.offsets_consumer.close()
@@ -298,9 +292,12 @@ def private_topology(run_dir: Path, prefix: str) -> tuple[Path, dict[str, Any]]:
         for spec in group.values():
             if isinstance(spec, dict) and "name" in spec:
                 spec["name"] = f"{prefix}.{spec['name']}"
-    # the changelogs' active segments roll within the run, so that the log cleaner (the
-    # broker's log.cleaner.backoff.ms is 1 s, dev/kafka/kafka.sh) has cleaned most of each
-    # changelog before the recovery (6) reads it
+    # the changelogs' active segments roll every second during the worker's run (4), so that
+    # the log cleaner (the broker's log.cleaner.backoff.ms is 1 s, dev/kafka/kafka.sh) has
+    # cleaned most of each changelog before the recovery (6) reads it, as it would have in a
+    # deployment that ran longer than the declared segment time. Rolling that often costs
+    # the broker (a flush per rolled segment) and the latency phase (5) runs after the
+    # recovery, with the declared segment time set back (Run.declared_changelog_segments).
     raw.setdefault("changelogs", {})["segment"] = "1s"
     path = run_dir / "topology.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -877,8 +874,46 @@ class Run:
         log("settle: the worker still had lag (decay ticks) after the wait; going on")
 
     # -- (5)
+    def declared_changelog_segments(self) -> None:
+        """Set the table changelogs' configs back to those of streams/topology.yaml (the
+        run's topology rolls their segments every second for the recovery (6))."""
+        declared = load_topology(REPO / "streams" / "topology.yaml").changelog_configs()
+        self.k().admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC, f"{self.app_id}-{table}-changelog", configs=declared
+                )
+                for table in self.tables
+            ]
+        )
+        log(f"changelogs: segment.ms back to the declared {declared['segment.ms']} ms")
+
+    def _running_worker(self) -> Worker:
+        """The worker the recovery (6) left running; a new one on the same state otherwise."""
+        if self.worker is not None and self.worker.alive():
+            return self.worker
+        assert self.worker is not None
+        worker = self.worker = Worker(
+            self.broker.bootstrap,
+            self.topology_file,
+            self.worker.data_dir,
+            self.run_dir / "worker-latency.log",
+            self.worker_env,
+        )
+        worker.start()
+        deadline = time.monotonic() + self.args.timeout
+        while not worker.ready():
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker for the latency phase did not become ready")
+            time.sleep(0.1)
+        return worker
+
     def latency(self) -> None:
         assert self.worker is not None
+        self.declared_changelog_segments()
+        self._running_worker()
+        self._settle()  # a recovered worker sends the wake-ups that came due meanwhile
         max_rate = (
             self.results["worker"]["events_per_s_from_first_record"]
             or self.results["worker"]["events_per_s"]
@@ -1067,8 +1102,7 @@ class Run:
                 ready_at = time.time()
                 break
             time.sleep(0.1)
-        hwm = worker.vm_hwm()
-        worker.stop()
+        hwm = worker.vm_hwm()  # it goes on running: the latency phase (5) comes next
         if ready_at is None:
             raise RuntimeError("the worker did not become ready after deleting its state")
         seconds = ready_at - worker.started
@@ -1432,9 +1466,9 @@ PHASES: dict[str, Callable[[Run], None]] = {
     "consume": Run.consume_limit,
     "peer": Run.peer,
     "worker": Run.worker_throughput,
-    "latency": Run.latency,
     "footprint": Run.footprint,
     "recovery": Run.recovery,
+    "latency": Run.latency,
     "replay": Run.replay,
 }
 
