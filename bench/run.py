@@ -46,8 +46,8 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from kafka.errors import KafkaError
 
 from bench import workload
+from bench.private_topics import usable_prefix
 from engagement_index.core.events import ContactKey
-from engagement_index.stream.stored import source_id
 from engagement_index.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -491,15 +491,10 @@ class Run:
         self.broker.start()
         log(f"broker: ready on {self.broker.bootstrap}")
         self.kafka = Kafka(self.broker.bootstrap)
-        # stored values name a source topic by a 16-bit hash of its name and the worker
-        # refuses a topology in which two collide: such a prefix is replaced by another
-        base = self.prefix
-        for attempt in range(100):
-            self.prefix = base if attempt == 0 else f"{base}x{attempt}"
-            self.topology_file, topo = private_topology(self.run_dir, self.prefix)
-            sources = load_topology(self.topology_file).scoring_sources
-            if len({source_id(name) for name in sources}) == len(sources):
-                break
+        self.prefix, self.topology_file = usable_prefix(
+            lambda prefix: private_topology(self.run_dir, prefix)[0], self.prefix
+        )
+        topo = yaml.safe_load(self.topology_file.read_text())
         self.app_id: str = topo["app_id"]
         self.tables: list[str] = list(topo["tables"])
         self.inbound: dict[str, str] = {ch: spec["name"] for ch, spec in topo["inbound"].items()}

@@ -60,6 +60,7 @@ import orjson
 import yaml
 from rocksdict import Options, Rdict, WriteBatch
 
+from bench.private_topics import usable_prefix
 from engagement_index.core.events import ContactKey
 from engagement_index.core.lifecycle import advance, evaluate
 from engagement_index.core.model import load_model
@@ -448,7 +449,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         log("broker: starting")
         broker.start()
-        topology = private_topology(run_dir, f"seg{stamp.lower()}")
+        _, topology = usable_prefix(
+            lambda prefix: private_topology(run_dir, prefix), f"seg{stamp.lower()}"
+        )
         created = subprocess.run(
             [
                 *ENGINE,
