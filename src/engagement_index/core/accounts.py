@@ -658,14 +658,7 @@ def evaluate_account(state: AccountState, at_ms: int, acc: CompiledAccounts) -> 
         work.clock = at
         work.refresh()
     cm = work.cm
-    lifecycles: dict[str, StageStatus] = {}
-    for lc in cm.lifecycles:
-        entered = work.entered[lc.position]
-        lifecycles[lc.name] = {
-            "stage": lc.stages[work.stages[lc.position]].name,
-            "entered_at": ms_to_rfc3339(entered),
-            "in_stage_ms": at - entered,
-        }
+    lifecycles = work.stage_statuses(at)
     first = cm.lifecycles[0]
     source = work.weights_of(first.stages[work.stages[0]].index, work.stages)
     book = work.book

@@ -139,6 +139,19 @@ class _Work:
         )  # fmt: skip
 
     # ------------------------------------------------------------------ levels
+    def stage_statuses(self, at: int) -> dict[str, StageStatus]:
+        """Each lifecycle's stage, when it was entered and how long ago at ``at`` (the
+        snapshot's ``lifecycles``, a contact's or an account's)."""
+        entered = self.entered
+        return {
+            lc.name: {
+                "stage": lc.stages[self.stages[lc.position]].name,
+                "entered_at": ms_to_rfc3339(entered[lc.position]),
+                "in_stage_ms": at - entered[lc.position],
+            }
+            for lc in self.cm.lifecycles
+        }
+
     def weights_of(self, index: int, stages: Sequence[int]) -> int:
         """The weighting a stage index stands for (CONTACT resolved with ``stages``)."""
         if index == CONTACT:
@@ -712,14 +725,7 @@ def evaluate(state: ContactState, at_ms: int, model: CompiledModel) -> ContactSn
         work.rebase(at - work.clock)
     first = cm.lifecycles[0]
     weights = work.weights_of(first.stages[work.stages[0]].index, work.stages)
-    lifecycles: dict[str, StageStatus] = {}
-    for lc in cm.lifecycles:
-        entered = work.entered[lc.position]
-        lifecycles[lc.name] = {
-            "stage": lc.stages[work.stages[lc.position]].name,
-            "entered_at": ms_to_rfc3339(entered),
-            "in_stage_ms": at - entered,
-        }
+    lifecycles = work.stage_statuses(at)
     markers = {}
     for m, name in enumerate(cm.markers):
         marker_at = work.marker_ms[m]
