@@ -262,12 +262,12 @@ def map_message(
         raise invalid(f"{where}userId", "either userId or anonymousId is required")
     event_id = msg.messageId or derived_id("seg", tenant, raw)
     timestamp = event_time(msg, batch_sent_at, received, where)
+    origin = (event_id, timestamp, where)
     try:
         if call == "group":
-            origin = (event_id, timestamp, where)
             return _group(msg, tenant, contact, origin, event_map.custom_channel)
         if call in ("identify", "alias"):
-            return _identity(call, msg, tenant, contact, event_id, timestamp, where)
+            return _identity(call, msg, tenant, contact, origin)
         if call == "track":
             if msg.event is None:
                 raise invalid(f"{where}event", "track needs an event name")
@@ -331,10 +331,11 @@ def _identity(
     msg: SegmentMessage,
     tenant: str,
     contact: str,
-    event_id: str,
-    timestamp: datetime,
-    where: str,
+    origin: tuple[str, datetime, str],
 ) -> Outgoing:
+    """An identify or alias call as an identity record (``origin``: event id, time and the
+    location for error messages, as for :func:`_group`)."""
+    event_id, timestamp, where = origin
     if call == "alias":
         if msg.userId is None:
             raise invalid(f"{where}userId", "alias needs userId and previousId")
