@@ -24,7 +24,6 @@ from faust.exceptions import SameNode
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from engagement_index import __version__
 from engagement_index.core.accounts import (
     JOIN,
     LEAVE,
@@ -40,14 +39,13 @@ from engagement_index.core.accounts import (
 )
 from engagement_index.core.events import ContactKey, FailureType
 from engagement_index.core.partitioning import canonical_partition
-from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import BatchWriteError, StateDecodeError
 from engagement_index.metrics import Metrics
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.scoring import (
-    MAX_ERROR_CHARS,
     InboundRecord,
     OutboundRecord,
+    dead_letter,
     decode_tick,
     encode_tick,
     inbound_records,
@@ -174,16 +172,7 @@ class AccountScorer:
         self, out: AccountOutcome, record: InboundRecord, failure: FailureType, message: str
     ) -> None:
         self.metrics.dead_letters.labels(failure_type=failure.value).inc()
-        headers = (
-            ("dlq.source.topic", record.topic.encode()),
-            ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()),
-            ("dlq.failure.type", failure.value.encode()),
-            ("dlq.error.message", message[:MAX_ERROR_CHARS].encode("utf-8", "replace")),
-            ("dlq.worker.version", __version__.encode()),
-            ("dlq.failure.time", ms_to_rfc3339(self.clock_ms()).encode()),
-        )
-        out.sends.append(OutboundRecord(self._dlq, record.key, record.value, headers))
+        out.sends.append(dead_letter(self._dlq, record, (failure, message), self.clock_ms()))
 
 
 class AccountAgent:
@@ -266,12 +255,7 @@ class AccountAgent:
 
         outcome = self.scorer.process(records, load)
         worker = self.worker
-        try:
-            await worker._send_all(outcome.sends)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise BatchWriteError("outputs", exc) from exc
+        await worker.send_outputs(outcome.sends)
         transaction = TableTransaction(worker._aio_producer())
         transaction.stage(self.table, outcome.writes, lambda i: records[i].partition)
         transaction.write_stores()

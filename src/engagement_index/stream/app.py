@@ -307,12 +307,7 @@ class Worker:
         outcome = self.scorer.process(
             records, load_contact, load_history, list_days, held, load_alias=load_alias
         )
-        try:
-            await self._send_all(outcome.sends)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise BatchWriteError("outputs", exc) from exc
+        await self.send_outputs(outcome.sends)
         transaction = TableTransaction(self._aio_producer())
         transaction.stage(self.contacts, outcome.contact_writes, lambda i: records[i].partition)
         transaction.stage(self.history, outcome.history_writes, lambda i: records[i].partition)
@@ -346,6 +341,16 @@ class Worker:
         """The aiokafka producer under Faust's producer (started with the app)."""
         producer: Any = self.app.producer
         return producer._ensure_producer()
+
+    async def send_outputs(self, sends: Sequence[OutboundRecord]) -> None:
+        """A batch's outputs, sent and acknowledged before its state is written: any failure
+        fails the batch (``BatchWriteError("outputs")``), which is then scored again."""
+        try:
+            await self._send_all(sends)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise BatchWriteError("outputs", exc) from exc
 
     async def _send_all(self, sends: Sequence[OutboundRecord]) -> None:
         """Produce ``sends`` (one record batch per topic-partition) and await the acks."""

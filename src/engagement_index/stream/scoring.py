@@ -125,6 +125,27 @@ def inbound_records(messages: Sequence[Any]) -> list[InboundRecord]:
     ]
 
 
+_VERSION_HEADER = __version__.encode()
+
+
+def dead_letter(
+    topic: str, record: InboundRecord, reason: tuple[FailureType, str], now_ms: int
+) -> OutboundRecord:
+    """The dead-letter record of ``record``: its original key and value, and headers naming
+    its source, the ``(failure, message)`` reason, the worker's version and the time."""
+    failure, message = reason
+    headers = (
+        ("dlq.source.topic", record.topic.encode()),
+        ("dlq.source.partition", str(record.partition).encode()),
+        ("dlq.source.offset", str(record.offset).encode()),
+        ("dlq.failure.type", failure.value.encode()),
+        ("dlq.error.message", message[:MAX_ERROR_CHARS].encode("utf-8", "replace")),
+        ("dlq.worker.version", _VERSION_HEADER),
+        ("dlq.failure.time", ms_to_rfc3339(now_ms).encode()),
+    )
+    return OutboundRecord(topic, record.key, record.value, headers)
+
+
 def encode_tick(due_ms: int) -> bytes:
     """Value of a decay wake-up record."""
     return TICK.pack(due_ms)
@@ -201,7 +222,6 @@ class BatchScorer:
         self._rules = self._compiled.rules
         self._max_future_ms = int(settings.max_future_seconds * 1000)
         self._max_age_ms = int(settings.max_age_days * 86_400_000)
-        self._version_header = __version__.encode()
         self._channels = {t: topology.channel_of(t) for t in topology.scoring_sources}
         self._transition_counters: dict[tuple[str, str | None, str, str], Any] = {}
         # per batch, added to the metrics once at its end
@@ -603,16 +623,7 @@ class BatchScorer:
         now_ms: int,
     ) -> None:
         self.metrics.dead_letters.labels(failure_type=failure.value).inc()
-        headers = (
-            ("dlq.source.topic", record.topic.encode()),
-            ("dlq.source.partition", str(record.partition).encode()),
-            ("dlq.source.offset", str(record.offset).encode()),
-            ("dlq.failure.type", failure.value.encode()),
-            ("dlq.error.message", message[:MAX_ERROR_CHARS].encode("utf-8", "replace")),
-            ("dlq.worker.version", self._version_header),
-            ("dlq.failure.time", ms_to_rfc3339(now_ms).encode()),
-        )
-        out.sends.append(OutboundRecord(self._dlq_topic, record.key, record.value, headers))
+        out.sends.append(dead_letter(self._dlq_topic, record, (failure, message), now_ms))
 
     # ------------------------------------------------------------------ tables
     def _load(self, batch: _Batch, key: bytes, index: int) -> _Entry | None:
