@@ -39,7 +39,7 @@ from engagement_index.core.accounts import (
 )
 from engagement_index.core.events import ContactKey, FailureType
 from engagement_index.core.partitioning import canonical_partition
-from engagement_index.errors import BatchWriteError, StateDecodeError
+from engagement_index.errors import StateDecodeError
 from engagement_index.metrics import Metrics
 from engagement_index.stream.due_index import DueIndex
 from engagement_index.stream.scoring import (
@@ -50,7 +50,11 @@ from engagement_index.stream.scoring import (
     encode_tick,
     inbound_records,
 )
-from engagement_index.stream.transaction import TableTransaction, retry_delay, stored_value
+from engagement_index.stream.transaction import (
+    TableTransaction,
+    stored_value,
+    until_done,
+)
 from engagement_index.topology import Topology
 
 if TYPE_CHECKING:
@@ -229,22 +233,12 @@ class AccountAgent:
 
     async def _until_done(self, messages: Sequence[Any]) -> None:
         """Process a batch, retrying with back-off: no exception leaves the agent."""
-        attempt = 0
-        while True:
-            try:
-                await self.process_batch(messages)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                step = exc.step if isinstance(exc, BatchWriteError) else "score"
-                metrics = self.worker.metrics
-                metrics.batch_failures.labels(step=step).inc()
-                metrics.errors.labels(where="accounts").inc()
-                delay = retry_delay(attempt)
-                log.exception("account batch failed (attempt %d); retry in %.1fs", attempt, delay)
-                await asyncio.sleep(delay)
+        await until_done(
+            lambda: self.process_batch(messages),
+            self.worker.metrics,
+            "accounts",
+            f"account batch of {len(messages)} records",
+        )
 
     async def process_batch(self, messages: Sequence[Any]) -> None:
         """Apply one batch: send and await the transitions, then write the table."""

@@ -65,7 +65,11 @@ from engagement_index.stream.scoring import (
 from engagement_index.stream.segment_api import SegmentApi
 from engagement_index.stream.segments import SegmentIndex
 from engagement_index.stream.stored import StoredContact
-from engagement_index.stream.transaction import TableTransaction, retry_delay, stored_value
+from engagement_index.stream.transaction import (
+    TableTransaction,
+    stored_value,
+    until_done,
+)
 from engagement_index.topology import Topology
 
 log = logging.getLogger("engagement_index.worker")
@@ -259,26 +263,12 @@ class Worker:
         refused changelog write is retried inside :meth:`process_batch`, with the same
         records.)
         """
-        attempt = 0
-        while True:
-            try:
-                await self.process_batch(events)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                step = exc.step if isinstance(exc, BatchWriteError) else "score"
-                self.metrics.batch_failures.labels(step=step).inc()
-                self.metrics.errors.labels(where="batch").inc()
-                delay = retry_delay(attempt)
-                log.exception(
-                    "batch of %d records failed (attempt %d); retrying in %.1fs",
-                    len(events),
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        await until_done(
+            lambda: self.process_batch(events),
+            self.metrics,
+            "batch",
+            f"batch of {len(events)} records",
+        )
 
     async def process_batch(self, messages: Sequence[Any]) -> None:
         """Score one batch of consumed messages: send and await outputs, then write tables."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.types import TP
@@ -39,6 +39,31 @@ Writes = dict[bytes, tuple[int, bytes | None]]
 def retry_delay(attempt: int) -> float:
     """Seconds before retry ``attempt`` (1, 2, ...): 0.5 s doubling, at most 30 s."""
     return float(min(30.0, 0.5 * 2 ** (attempt - 1)))
+
+
+async def until_done(
+    process: Callable[[], Awaitable[None]], metrics: Metrics, where: str, what: str
+) -> None:
+    """Run ``process`` (one batch) until it returns, with back-off (:func:`retry_delay`): no
+    exception but a cancellation leaves. Each failure is logged and counted in
+    ``engagement_batch_failures_total{step=...}`` (the ``BatchWriteError``'s step, else
+    ``score``) and ``engagement_worker_errors_total{where=...}``; ``what`` names the batch in
+    the log."""
+    attempt = 0
+    while True:
+        try:
+            await process()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempt += 1
+            step = exc.step if isinstance(exc, BatchWriteError) else "score"
+            metrics.batch_failures.labels(step=step).inc()
+            metrics.errors.labels(where=where).inc()
+            delay = retry_delay(attempt)
+            log.exception("%s failed (attempt %d); retrying in %.1fs", what, attempt, delay)
+            await asyncio.sleep(delay)
 
 
 def stored_value(table: Any, partition: int, key: bytes) -> bytes | None:
