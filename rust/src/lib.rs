@@ -9,6 +9,7 @@
 mod decay;
 mod engine;
 mod model;
+mod replay;
 mod state;
 
 use engine::{rfc3339, Snapshot, Transition, Work};
@@ -18,7 +19,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 fn key_of(tenant: &str, contact_id: &str) -> String {
@@ -47,10 +49,7 @@ impl Kernel {
 
     /// An empty store of contact states of this model.
     fn contacts(&self) -> Contacts {
-        Contacts {
-            model: self.model.clone(),
-            states: HashMap::new(),
-        }
+        Contacts::empty(self.model.clone())
     }
 
     /// Fold events into stored states, the worker's form: items (stored state bytes or None
@@ -62,10 +61,7 @@ impl Kernel {
     /// from the published one (NaN: never published).
     fn step_stored(&self, py: Python<'_>, items: &Bound<'_, PyList>) -> PyResult<Py<PyList>> {
         let model = &*self.model;
-        let view = Contacts {
-            model: self.model.clone(),
-            states: HashMap::new(),
-        };
+        let view = Contacts::empty(self.model.clone());
         let out = PyList::empty(py);
         for item in items.iter() {
             let item = item.downcast_into::<PyTuple>()?;
@@ -129,14 +125,234 @@ impl Kernel {
     }
 }
 
-/// Decoded contact states of one model, keyed by (tenant, contact id).
+/// What the replay of `engagement_index.replay` decides by its own settings.
+struct ReplayRules {
+    /// the duplicate window (ms)
+    window: i64,
+    /// events after it go to the Python side (which rejects them)
+    until: Option<i64>,
+    /// longer lines go to the Python side (which rejects them)
+    max_bytes: Option<usize>,
+}
+
+/// How the replay took one line or event.
+enum Taken {
+    /// not taken: the Python side decides
+    No,
+    Duplicate,
+    /// applied, with this many transitions
+    Applied(u64),
+}
+
+/// Decoded contact states of one model, keyed by (tenant, contact id); for the replay also
+/// each contact's duplicate window, the order of first applied events and the file's clock.
 #[pyclass(module = "engagement_index._kernel")]
 struct Contacts {
     model: Arc<Model>,
     states: HashMap<String, state::State>,
+    seen: HashMap<String, replay::Seen>,
+    /// keys in the order of their first applied events (the replay's)
+    order: Vec<String>,
+    rules: ReplayRules,
+    /// the largest event timestamp read: the default arrival time
+    arrival_clock: i64,
+    /// the largest timestamp of an applied event
+    max_event: Option<i64>,
 }
 
+/// A contact's duplicate window as the Python side gets it: tenant, contact id, digests,
+/// arrivals.
+type SeenWindow<'py> = (String, String, Bound<'py, PyBytes>, Vec<i64>);
+
+/// What one `replay_chunk` call did (returned to the Python side as a tuple).
+type ChunkResult = (
+    usize,
+    bool,
+    Py<PyBytes>,
+    u64,
+    u64,
+    u64,
+    u64,
+    Option<i64>,
+    i64,
+);
+
 impl Contacts {
+    fn empty(model: Arc<Model>) -> Contacts {
+        Contacts {
+            model,
+            states: HashMap::new(),
+            seen: HashMap::new(),
+            order: Vec::new(),
+            rules: ReplayRules {
+                window: 72 * 3_600_000,
+                until: None,
+                max_bytes: None,
+            },
+            arrival_clock: state::MIN_MS,
+            max_event: None,
+        }
+    }
+
+    /// `Transition.to_json_bytes()` of a transition.
+    fn transition_json(&self, out: &mut Vec<u8>, s: &state::State, t: &Transition) {
+        use replay::{write_f64, write_opt_str, write_str};
+        let cm = &*self.model;
+        let lc = &cm.lifecycles[t.lifecycle];
+        out.extend_from_slice(b"{\"transition_id\":");
+        write_str(out, &t.transition_id);
+        out.extend_from_slice(b",\"tenant\":");
+        write_str(out, &s.tenant);
+        out.extend_from_slice(b",\"contact_id\":");
+        write_str(out, &s.contact_id);
+        out.extend_from_slice(b",\"from_stage\":");
+        write_opt_str(out, t.from_stage.map(|f| lc.stages[f].name.as_str()));
+        out.extend_from_slice(b",\"to_stage\":");
+        write_str(out, &lc.stages[t.to_stage].name);
+        out.extend_from_slice(b",\"half\":");
+        write_str(out, &cm.index_names[t.half]);
+        out.extend_from_slice(b",\"reason\":");
+        write_str(out, &t.reason);
+        out.extend_from_slice(b",\"index\":");
+        write_f64(out, t.index);
+        out.extend_from_slice(b",\"previous_index\":");
+        write_f64(out, t.previous_index);
+        out.extend_from_slice(b",\"components\":{");
+        for (i, (name, &v)) in cm.names.iter().zip(&t.components).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, name);
+            out.push(b':');
+            write_f64(out, v);
+        }
+        out.extend_from_slice(b"},\"cause_event_id\":");
+        write_opt_str(out, t.cause.as_deref());
+        out.extend_from_slice(b",\"occurred_at\":");
+        write_str(out, &rfc3339(t.occurred_ms));
+        out.extend_from_slice(b",\"model_version\":");
+        write_str(out, &cm.version);
+        out.extend_from_slice(b",\"lifecycle\":");
+        write_str(out, &lc.name);
+        out.extend_from_slice(b",\"rule_id\":");
+        write_opt_str(out, t.rule_id.as_deref());
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// One line of the replay: taken if the fast path parses it, the model scores its type
+    /// and the rules allow it; then admitted by the duplicate window and applied.
+    fn replay_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<Taken, String> {
+        if self.rules.max_bytes.is_some_and(|m| line.len() > m) {
+            return Ok(Taken::No);
+        }
+        let Some(f) = replay::fast_fields(line) else {
+            return Ok(Taken::No);
+        };
+        let Some(&rule) = self.model.rule_by_type.get(f.event_type.as_ref()) else {
+            return Ok(Taken::No);
+        };
+        if self.rules.until.is_some_and(|u| f.ts > u) {
+            return Ok(Taken::No);
+        }
+        let event = (
+            f.event_id.as_ref(),
+            f.tenant.as_ref(),
+            f.contact_id.as_ref(),
+        );
+        self.replay_event(event, (rule, f.ts, None), out)
+    }
+
+    /// An event of the replay ((event id, tenant, contact id), (rule, timestamp, arrival)):
+    /// the duplicate window of `Replayer._admit`, then `step`; its transitions go to `out`
+    /// as JSON lines.
+    fn replay_event(
+        &mut self,
+        (event_id, tenant, contact_id): (&str, &str, &str),
+        (rule, ts, arrival): (usize, i64, Option<i64>),
+        out: &mut Vec<u8>,
+    ) -> Result<Taken, String> {
+        if ts > self.arrival_clock {
+            self.arrival_clock = ts;
+        }
+        let arrival = arrival.unwrap_or(self.arrival_clock);
+        let key = key_of(tenant, contact_id);
+        let digest = replay::digest(event_id);
+        let window = self.rules.window;
+        match self.seen.get_mut(&key) {
+            Some(seen) => {
+                if !seen.admit(digest, arrival, window) {
+                    return Ok(Taken::Duplicate);
+                }
+            }
+            None => {
+                let mut seen = replay::Seen::default();
+                seen.admit(digest, arrival, window);
+                self.seen.insert(key.clone(), seen);
+                self.order.push(key.clone());
+            }
+        }
+        if self.max_event.is_none_or(|m| ts > m) {
+            self.max_event = Some(ts);
+        }
+        let model = self.model.clone();
+        let (mut work, first) = match self.states.remove(&key) {
+            Some(s) => (Work::new(s, &model), false),
+            None => (
+                Work::new(Work::new_state(tenant, contact_id, ts, &model), &model),
+                true,
+            ),
+        };
+        work.step(rule, ts, event_id, first)?; // the replay stops there (a bug)
+        for t in &work.transitions {
+            self.transition_json(out, &work.s, t);
+        }
+        let n = work.transitions.len() as u64;
+        self.states.insert(key, work.s);
+        Ok(Taken::Applied(n))
+    }
+
+    /// The time-driven changes due by `horizon`, ordered by time then contact; `emit` gets
+    /// each transition with its contact's state.
+    fn finish_with<F: FnMut(&state::State, &Transition) -> PyResult<()>>(
+        &mut self,
+        horizon: i64,
+        mut emit: F,
+    ) -> PyResult<()> {
+        let model = self.model.clone();
+        let mut queue: BinaryHeap<Reverse<(i64, String, String, String)>> = self
+            .states
+            .iter()
+            .filter_map(|(key, s)| match s.due {
+                Some(d) if d <= horizon => Some(Reverse((
+                    d,
+                    s.tenant.clone(),
+                    s.contact_id.clone(),
+                    key.clone(),
+                ))),
+                _ => None,
+            })
+            .collect();
+        while let Some(Reverse((due, _, _, key))) = queue.pop() {
+            let s = self.states.remove(&key).unwrap();
+            let mut work = Work::new(s, &model);
+            work.advance(due).map_err(PyRuntimeError::new_err)?;
+            for t in &work.transitions {
+                emit(&work.s, t)?;
+            }
+            if let Some(d) = work.s.due {
+                if d <= horizon {
+                    queue.push(Reverse((
+                        d,
+                        work.s.tenant.clone(),
+                        work.s.contact_id.clone(),
+                        key.clone(),
+                    )));
+                }
+            }
+            self.states.insert(key, work.s);
+        }
+        Ok(())
+    }
     fn transition_dict<'py>(
         &self,
         py: Python<'py>,
@@ -338,41 +554,145 @@ impl Contacts {
     /// Every time-driven change due by `horizon`, ordered by time then contact, as the replay
     /// emits them (a list of transition dicts).
     fn finish(&mut self, py: Python<'_>, horizon: i64) -> PyResult<Py<PyList>> {
-        let model = self.model.clone();
-        let mut queue: BinaryHeap<Reverse<(i64, String, String, String)>> = self
-            .states
-            .iter()
-            .filter_map(|(key, s)| match s.due {
-                Some(d) if d <= horizon => Some(Reverse((
-                    d,
-                    s.tenant.clone(),
-                    s.contact_id.clone(),
-                    key.clone(),
-                ))),
-                _ => None,
-            })
-            .collect();
         let out = PyList::empty(py);
-        while let Some(Reverse((due, _, _, key))) = queue.pop() {
-            let s = self.states.get(&key).unwrap();
-            let mut work = Work::new(s.clone(), &model);
-            work.advance(due).map_err(PyRuntimeError::new_err)?;
-            for t in &work.transitions {
-                out.append(self.transition_dict(py, &work.s, t)?)?;
-            }
-            if let Some(d) = work.s.due {
-                if d <= horizon {
-                    queue.push(Reverse((
-                        d,
-                        work.s.tenant.clone(),
-                        work.s.contact_id.clone(),
-                        key.clone(),
-                    )));
-                }
-            }
-            self.states.insert(key, work.s);
-        }
+        let view = Contacts::empty(self.model.clone());
+        self.finish_with(horizon, |s, t| out.append(view.transition_dict(py, s, t)?))?;
         Ok(out.unbind())
+    }
+
+    /// `finish` with the transitions as JSON lines (`Transition.to_json_bytes()` each).
+    fn finish_json<'py>(&mut self, py: Python<'py>, horizon: i64) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        let view = Contacts::empty(self.model.clone());
+        self.finish_with(horizon, |s, t| {
+            view.transition_json(&mut out, s, t);
+            Ok(())
+        })?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Set the replay's rules: the duplicate window, the `--until` time and the line limit
+    /// (lines they leave out go to the Python side).
+    #[pyo3(signature = (window_ms, until_ms=None, max_bytes=None))]
+    fn replay_setup(&mut self, window_ms: i64, until_ms: Option<i64>, max_bytes: Option<usize>) {
+        self.rules = ReplayRules {
+            window: window_ms,
+            until: until_ms,
+            max_bytes,
+        };
+    }
+
+    /// Replay the lines of `data` from byte `start` (each up to and including its `\n`; the
+    /// rest after the last one only if `last`). Stops at the first line it does not take.
+    /// Returns (position, stopped, transitions as JSON lines, lines, applied, duplicates,
+    /// transitions, largest applied timestamp, arrival clock): `stopped` True: the line at
+    /// `position` is the Python side's; False: every whole line is done and `position` is
+    /// where the partial line left over starts (`len(data)` if none).
+    fn replay_chunk(
+        &mut self,
+        py: Python<'_>,
+        data: &[u8],
+        start: usize,
+        last: bool,
+    ) -> PyResult<ChunkResult> {
+        let mut out = Vec::with_capacity(1 << 16);
+        let (mut lines, mut applied, mut duplicates, mut transitions) = (0, 0, 0, 0);
+        let mut pos = start.min(data.len());
+        let mut stopped = false;
+        while pos < data.len() {
+            let end = match memchr::memchr(b'\n', &data[pos..]) {
+                Some(i) => pos + i + 1,
+                None if last => data.len(),
+                None => break,
+            };
+            match self.replay_line(&data[pos..end], &mut out) {
+                Ok(Taken::No) => {
+                    stopped = true;
+                    break;
+                }
+                Ok(Taken::Duplicate) => duplicates += 1,
+                Ok(Taken::Applied(n)) => {
+                    applied += 1;
+                    transitions += n;
+                }
+                Err(message) => return Err(PyRuntimeError::new_err(message)),
+            }
+            lines += 1;
+            pos = end;
+        }
+        let result = (
+            pos,
+            stopped,
+            PyBytes::new(py, &out).unbind(),
+            lines,
+            applied,
+            duplicates,
+            transitions,
+            self.max_event,
+            self.arrival_clock,
+        );
+        Ok(result)
+    }
+
+    /// An event the Python side parsed (a tuple as in `step`), with its arrival time (None:
+    /// the file's clock): admitted and applied as `replay_chunk` does. Returns (None for a
+    /// duplicate, else its transitions as JSON lines, largest applied timestamp, arrival clock).
+    #[pyo3(signature = (fields, arrival_ms=None))]
+    fn replay_fields<'py>(
+        &mut self,
+        py: Python<'py>,
+        fields: &Bound<'py, PyTuple>,
+        arrival_ms: Option<i64>,
+    ) -> PyResult<(Option<Bound<'py, PyBytes>>, Option<i64>, i64)> {
+        let event_id: String = fields.get_borrowed_item(0)?.extract()?;
+        let tenant: String = fields.get_borrowed_item(1)?.extract()?;
+        let contact_id: String = fields.get_borrowed_item(2)?.extract()?;
+        let event_type: String = fields.get_borrowed_item(3)?.extract()?;
+        let ts: i64 = fields.get_borrowed_item(4)?.extract()?;
+        let rule = *self
+            .model
+            .rule_by_type
+            .get(&event_type)
+            .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+        let mut out = Vec::new();
+        let event = (event_id.as_str(), tenant.as_str(), contact_id.as_str());
+        let taken = self
+            .replay_event(event, (rule, ts, arrival_ms), &mut out)
+            .map_err(PyRuntimeError::new_err)?;
+        let result = match taken {
+            Taken::Duplicate => None,
+            _ => Some(PyBytes::new(py, &out)),
+        };
+        Ok((result, self.max_event, self.arrival_clock))
+    }
+
+    /// Every contact with an applied event, in the order of their first: (tenant, contact id,
+    /// its duplicate window's digests, their arrivals), as `SeenIds` holds them.
+    fn seen_windows<'py>(&self, py: Python<'py>) -> PyResult<Vec<SeenWindow<'py>>> {
+        let mut out = Vec::with_capacity(self.order.len());
+        for key in &self.order {
+            let (tenant, contact_id) = key.split_once('\x1f').unwrap();
+            let seen = &self.seen[key];
+            let digests: Vec<u8> = seen.digests.concat();
+            out.push((
+                tenant.to_owned(),
+                contact_id.to_owned(),
+                PyBytes::new(py, &digests),
+                seen.arrivals.clone(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every contact with an applied event (tenant, contact id), in the order of their first.
+    fn applied_keys(&self) -> Vec<(String, String)> {
+        self.order
+            .iter()
+            .map(|key| {
+                let (tenant, contact_id) = key.split_once('\x1f').unwrap();
+                (tenant.to_owned(), contact_id.to_owned())
+            })
+            .collect()
     }
 
     /// The contact's snapshot as of `at_ms` (a dict of `ContactSnapshot` fields); the stored

@@ -2,7 +2,7 @@
 //! `engagement_index.kernel.model_blob` writes from a `CompiledModel`, read once.
 
 use serde::Deserialize;
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 pub const LEVEL: u8 = 0;
 pub const EVENT: u8 = 1;

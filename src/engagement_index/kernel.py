@@ -157,6 +157,12 @@ class Contacts:
         return self._store
 
     @property
+    def store(self) -> _kernel.Contacts | None:
+        """The kernel's store (None: the Python core scores); the replay hands it whole chunks
+        of lines (``replay_chunk``), on a store that holds no state of the Python core."""
+        return self._store if not self._python else None
+
+    @property
     def uses_kernel(self) -> bool:
         """Whether the kernel scores the contacts it takes."""
         return self._store is not None
@@ -235,6 +241,13 @@ class Contacts:
             if new_due is not None and new_due <= horizon:
                 heapq.heappush(queue, (new_due, key))
         return out
+
+    def finish_json(self, horizon: int) -> bytes:
+        """:meth:`finish` as JSON lines (``Transition.to_json_bytes()`` each, the kernel's)."""
+        if self._store is not None and not self._python:
+            result: bytes = self._store.finish_json(horizon)
+            return result
+        return b"".join(t.to_json_bytes() + b"\n" for t in self.finish(horizon))
 
     def due(self, key: Key) -> int | None:
         """The contact's due time (None: no time-driven change is due)."""

@@ -7,8 +7,11 @@ This is the reference the streaming worker is tested against, and the backfill t
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import orjson
 
 from engagement_index.core.accounts import (
     AccountSnapshot,
@@ -38,8 +41,8 @@ from engagement_index.errors import EventRejected
 from engagement_index.kernel import Contacts
 from engagement_index.replay_identity import ReplayIdentities, is_identity_record
 
-#: Events scored per call of the kernel by :meth:`Replayer.feed_lines`.
-KERNEL_CHUNK = 4096
+if TYPE_CHECKING:
+    from engagement_index._kernel import Contacts as _KernelStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,12 @@ class ReplayStats:
     merges: int = 0
 
 
+def _one_line(raw: bytes) -> bool:
+    """True if ``raw`` is one line as the kernel reads them (not empty, no ``\\n`` but
+    maybe a last one)."""
+    return bool(raw) and raw.find(b"\n") in (-1, len(raw) - 1)
+
+
 class Replayer:
     """Feeds raw records (bytes or str, one event each) through the core, in arrival order.
 
@@ -106,10 +115,15 @@ class Replayer:
     kept.
 
     ``kernel=True`` scores with the compiled kernel (``engagement_index.kernel``) where it is
-    built and not switched off, in chunks of :data:`KERNEL_CHUNK` events, with exactly the
-    outputs of the Python core; it does not report daily points (``daily`` uses the Python
-    core), and the first identity record moves the states to the Python core, which goes on
-    from there. Read the final states with :meth:`final_states` (``states`` holds the core's).
+    built and not switched off, with exactly the outputs of the Python core. The kernel then
+    also reads the lines: :meth:`feed_chunks` hands it whole chunks of the file, and it parses,
+    validates (the fast path of ``parse_event_fields``), dedupes and scores each line it takes,
+    writing the transitions as JSON lines; a line it does not take (anything unusual, and every
+    line that is rejected) is handed back and goes through :meth:`feed`, which decides as the
+    Python core does. It does not report daily points (``daily`` uses the Python core), and
+    the first identity record moves the states and duplicate windows to the Python core, which
+    goes on from there. Read the final states with :meth:`final_states` (``states`` holds the
+    core's).
     """
 
     def __init__(
@@ -154,6 +168,11 @@ class Replayer:
         contacts = Contacts(self._cm) if use_kernel else None
         #: the kernel's states (None: the Python core's, in ``states``)
         self._contacts = contacts if contacts is not None and contacts.uses_kernel else None
+        #: the kernel's store, which also keeps the duplicate windows and the file's clock
+        self._store = self._contacts.store if self._contacts is not None else None
+        if self._store is not None:
+            self._store.replay_setup(dedupe_window_ms, until_ms, max_bytes)
+        self._chunk_pos = 0  # where the last ``replay_chunk`` call ended
         #: identity merge: identify/alias records in the input (``ReplayIdentities``)
         self.identities = ReplayIdentities(self, frozenset(blocked_ids))
 
@@ -182,8 +201,8 @@ class Replayer:
         fields = self._parse(raw, line)
         if fields is None:
             return []
-        if self._contacts is not None:
-            return list(self._score([fields])) if self._admit(fields, arrival_ms) else []
+        if self._store is not None:
+            return self._kernel_event(fields, arrival_ms)
         return self._apply(fields, arrival_ms)
 
     def _parse(self, raw: bytes | str, line: int | None) -> EventFields | None:
@@ -214,44 +233,30 @@ class Replayer:
             return None
         return fields
 
-    def _admit(self, fields: EventFields, arrival_ms: int | None) -> bool:
-        """The kernel's form of :meth:`_apply` up to the scoring: the dedupe window and the
-        counters; False for a duplicate."""
-        event_id, tenant, contact_id, _, ts, _ = fields
-        key = (tenant, contact_id)
-        if ts > self._arrival_clock:
-            self._arrival_clock = ts
-        if arrival_ms is None:
-            arrival_ms = self._arrival_clock
-        seen = admit(self.seen.get(key, EMPTY), event_id, arrival_ms, self.dedupe_window_ms)
-        if seen is None:
+    def _kernel_event(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
+        """The kernel's form of :meth:`_apply` (the duplicate window, then ``step``)."""
+        store = self._store
+        assert store is not None
+        out, self.max_event_ms, self._arrival_clock = store.replay_fields(fields, arrival_ms)
+        if out is None:
             self.stats.duplicates += 1
-            return False
-        self.seen[key] = seen
+            return []
         self.stats.applied += 1
-        if self.max_event_ms is None or ts > self.max_event_ms:
-            self.max_event_ms = ts
-        return True
+        transitions = [Transition.trusted(**orjson.loads(line)) for line in out.splitlines()]
+        self.stats.transitions += len(transitions)
+        return transitions
 
     def _leave_kernel(self) -> None:
-        """Move the kernel's states to the Python core (``states``), which scores from here on:
-        identity merges (``replay_identity``) work on the core's states. The kernel's due times
-        are solved, so none is left unsolved."""
+        """Move the kernel's states and duplicate windows to the Python core (``states``,
+        ``seen``), which scores from here on: identity merges (``replay_identity``) work on the
+        core's states. The kernel's due times are solved, so none is left unsolved."""
         contacts = self._contacts
-        if contacts is not None:
+        store = self._store
+        if contacts is not None and store is not None:
+            for tenant, contact_id, digests, arrivals in store.seen_windows():
+                self.seen[(tenant, contact_id)] = SeenIds(digests, tuple(arrivals))
             self.states = {key: contacts.state(key) for key in self.seen}
-            self._contacts = None
-
-    def _score(self, events: list[EventFields]) -> Iterator[Transition]:
-        """Score admitted events with the kernel; their transitions in emission order."""
-        assert self._contacts is not None
-        stats = self.stats
-        for outcome in self._contacts.step(events):
-            if isinstance(outcome, Exception):
-                raise outcome
-            if outcome:
-                stats.transitions += len(outcome)
-                yield from outcome
+            self._contacts = self._store = None
 
     def _apply(self, fields: EventFields, arrival_ms: int | None) -> list[Transition]:
         event_id, tenant, contact_id, _, ts, _ = fields
@@ -415,29 +420,77 @@ class Replayer:
                 self._points(key, self.states[key], day, last)
 
     def feed_lines(self, lines: Iterable[bytes | str]) -> Iterator[Transition]:
-        """Feed every line; yields transitions in emission order."""
-        lines = iter(lines)
-        if self._contacts is not None:
-            pending: list[EventFields] = []
-            for raw in lines:
-                if is_identity_record(raw):  # the core from here on (_leave_kernel)
-                    yield from self._score(pending)
-                    yield from self.feed(raw)
-                    break
-                fields = self._parse(raw, None)
-                if fields is not None and self._admit(fields, None):
-                    pending.append(fields)
-                    if len(pending) >= KERNEL_CHUNK:
-                        yield from self._score(pending)
-                        pending = []
-            else:
-                yield from self._score(pending)
-                return
+        """Feed every line (one record each); yields transitions in emission order."""
         feed = self.feed
         for raw in lines:
+            store = self._store
+            if store is not None and isinstance(raw, bytes) and _one_line(raw):
+                out, stopped_at = self._kernel_chunk(store, raw, 0, True)
+                if stopped_at is None:  # taken by the kernel
+                    for line in out.splitlines():
+                        yield Transition.trusted(**orjson.loads(line))
+                    continue
             transitions = feed(raw)
             if transitions:
                 yield from transitions
+
+    def feed_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Feed the bytes of a JSON Lines file, in chunks of any size (a line may span two);
+        yields the transitions as JSON lines (``Transition.to_json_bytes()`` and ``\\n``
+        each), in emission order, in blocks. The lines are those of ``bytes.split(b"\\n")``,
+        each with its ``\\n``; a last line without one counts too."""
+        rest = b""
+        for chunk in chunks:
+            rest = yield from self._feed_data(rest + chunk if rest else chunk, False)
+        if rest:
+            yield from self._feed_data(rest, True)
+
+    def _feed_data(self, data: bytes, last: bool) -> Generator[bytes, None, bytes]:
+        """Feed the whole lines of ``data`` (all of it if ``last``); returns what is left."""
+        pos = 0
+        while (store := self._store) is not None:
+            out, line_end = self._kernel_chunk(store, data, pos, last)
+            if out:
+                yield out
+            if line_end is None:
+                return data[self._chunk_pos :]
+            line = data[self._chunk_pos : line_end]
+            pos = line_end
+            transitions = self.feed(line)
+            if transitions:
+                yield b"".join(t.to_json_bytes() + b"\n" for t in transitions)
+        pieces = data[pos:].split(b"\n")
+        rest = pieces.pop()  # after the last newline
+        lines = [piece + b"\n" for piece in pieces]
+        if last and rest:
+            lines.append(rest)
+            rest = b""
+        feed = self.feed
+        for line in lines:
+            transitions = feed(line)
+            if transitions:
+                yield b"".join(t.to_json_bytes() + b"\n" for t in transitions)
+        return rest
+
+    def _kernel_chunk(
+        self, store: _KernelStore, data: bytes, pos: int, last: bool
+    ) -> tuple[bytes, int | None]:
+        """One ``replay_chunk`` call from ``pos``: its transitions (JSON lines) and the end of
+        the line it stopped at (None: it did not stop; ``_chunk_pos`` is where it ended)."""
+        result = store.replay_chunk(data, pos, last)
+        end, stopped, out, lines, applied, duplicates, transitions, newest, clock = result
+        stats = self.stats
+        stats.lines += lines
+        stats.applied += applied
+        stats.duplicates += duplicates
+        stats.transitions += transitions
+        self.max_event_ms = newest
+        self._arrival_clock = clock
+        self._chunk_pos = end
+        if not stopped:
+            return out, None
+        line_end = data.find(b"\n", end)
+        return out, len(data) if line_end < 0 else line_end + 1
 
     def horizon(self) -> int | None:
         """The time ``finish`` advances to: ``until_ms`` or the largest event timestamp."""
@@ -445,14 +498,23 @@ class Replayer:
 
     def final_states(self) -> dict[tuple[str, str], ContactState]:
         """Every contact's state, in the order of their first applied events."""
-        if self._contacts is None:
+        if self._contacts is None or self._store is None:
             return dict(self.states)
-        return {key: self._contacts.state(key) for key in self.seen}
+        return {key: self._contacts.state(key) for key in self._store.applied_keys()}
 
     def _solve_all(self) -> None:
         for key in self._unsolved:
             self.states[key] = with_due(self.states[key], self._cm)
         self._unsolved.clear()
+
+    def finish_json(self, until_ms: int | None = None) -> bytes:
+        """:meth:`finish` as JSON lines (``Transition.to_json_bytes()`` and ``\\n`` each)."""
+        horizon = until_ms if until_ms is not None else self.horizon()
+        if self._contacts is None or horizon is None:
+            return b"".join(t.to_json_bytes() + b"\n" for t in self.finish(until_ms))
+        done = self._contacts.finish_json(horizon)
+        self.stats.transitions += done.count(b"\n")
+        return done
 
     def finish(self, until_ms: int | None = None) -> list[Transition]:
         """Emit the time-driven changes due by the horizon, ordered by time then contact."""
@@ -488,8 +550,8 @@ class Replayer:
         self._solve_all()
         at = at_ms if at_ms is not None else self.horizon()
         contacts = self._contacts
-        if contacts is not None:
-            for key in sorted(self.seen):
+        if contacts is not None and self._store is not None:
+            for key in sorted(self._store.applied_keys()):
                 yield contacts.snapshot(key, contacts.clock(key) if at is None else at)
             return
         for key in sorted(self.states):

@@ -19,7 +19,7 @@ from engagement_index.core.dedupe import DEFAULT_WINDOW_MS
 from engagement_index.core.model import DEFAULT_MODEL_PATH, load_model
 from engagement_index.core.records import ContactSnapshot
 from engagement_index.core.timestamps import MS_PER_DAY, ms_to_rfc3339, parse_timestamp_ms
-from engagement_index.replay import DailySeries, Reject, Replayer
+from engagement_index.replay import DailySeries, Reject, Replayer, ReplayStats
 
 _PROGRESS_MIN_BYTES = 1 << 20
 
@@ -173,31 +173,16 @@ class _Progress:
 READ_CHUNK = 1 << 20
 
 
-def _read_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """The lines of ``stream`` (each with its ``\\n``, as iterating the file gives them),
-    read in chunks of :data:`READ_CHUNK` bytes."""
-    rest = b""
+def _chunks(stream: BinaryIO, progress: _Progress | None, stats: ReplayStats) -> Iterator[bytes]:
+    """The bytes of ``stream`` in chunks of :data:`READ_CHUNK` (progress after each)."""
+    done = 0
     while chunk := stream.read(READ_CHUNK):
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if rest:
-        yield rest
-
-
-def _lines(stream: BinaryIO, progress: _Progress | None) -> Iterator[bytes]:
-    if progress is None:
-        yield from _read_lines(stream)
-        return
-    done = count = 0
-    for line in _read_lines(stream):
-        count += 1
-        done += len(line)
-        if count % 8192 == 0:
-            progress.update(count, done)
-        yield line
-    progress.update(count, done, final=True)
+        if progress is not None:
+            progress.update(stats.lines, done)
+        done += len(chunk)
+        yield chunk
+    if progress is not None:
+        progress.update(stats.lines, done, final=True)
 
 
 class DailyWriter:
@@ -382,8 +367,8 @@ def run(args: argparse.Namespace) -> int:
         )
         out = sys.stdout.buffer
         try:
-            for transition in replayer.feed_lines(_lines(source, progress)):
-                out.write(transition.to_json_bytes() + b"\n")
+            for block in replayer.feed_chunks(_chunks(source, progress, replayer.stats)):
+                out.write(block)
         except OSError as exc:
             print(f"engagement-index replay: cannot read {args.events}: {exc}", file=sys.stderr)
             return 2
@@ -393,8 +378,7 @@ def run(args: argparse.Namespace) -> int:
             replayer.finish_points()
             if progress is not None:
                 sys.stderr.write(f"\r{daily_out.rows:,} daily points in {args.daily_out}\n")
-        for transition in replayer.finish():
-            out.write(transition.to_json_bytes() + b"\n")
+        out.write(replayer.finish_json())
         out.flush()
         if states_out is not None:
             for snapshot in replayer.snapshots():
