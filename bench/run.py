@@ -1177,20 +1177,29 @@ def _timed(command: list[str], err_path: Path, env: dict[str, str] | None = None
 
 def replay_figures(events_file: Path, n: int, run_dir: Path) -> dict[str, Any]:
     """(7): ``engagement-index replay`` with the kernel and with the Python core, and the
-    JSON-parse limit of the same file; events/s and ratios within the run."""
+    JSON-parse limit of the same file; events/s and ratios within the run. Each command also
+    runs on an empty file: its start-up (interpreter, imports, model compile), so that the
+    per-event rates after start-up can be compared as well as the wall times."""
+    empty = run_dir / "empty.jsonl"
+    empty.write_bytes(b"")
+    replay = [*ENGINE, "replay"]
+    parse_loop = [sys.executable, "-c", JSON_PARSE_LOOP]
+    log("(7) replay: start-up of each command on an empty file")
+    kernel_start = _timed([*replay, str(empty)], run_dir / "replay-empty.err")
+    parse_start = _timed([*parse_loop, str(empty)], run_dir / "json-parse-empty.err")
+    log(f"(7) replay: start-up {kernel_start:.2f}s; JSON-parse loop start-up {parse_start:.2f}s")
     log("(7) replay: engagement-index replay on the same events file (kernel)")
-    kernel = _timed([*ENGINE, "replay", str(events_file)], run_dir / "replay.err")
+    kernel = _timed([*replay, str(events_file)], run_dir / "replay.err")
     log(f"(7) replay: {n / kernel:,.0f} events/s with the kernel ({kernel:.1f}s)")
     python = _timed(
-        [*ENGINE, "replay", str(events_file)],
+        [*replay, str(events_file)],
         run_dir / "replay-python.err",
         {"ENGAGEMENT_INDEX_KERNEL": "python"},
     )
     log(f"(7) replay: {n / python:,.0f} events/s with the Python core ({python:.1f}s)")
-    parse = _timed(
-        [sys.executable, "-c", JSON_PARSE_LOOP, str(events_file)], run_dir / "json-parse.err"
-    )
+    parse = _timed([*parse_loop, str(events_file)], run_dir / "json-parse.err")
     log(f"(7) replay: JSON-parse limit {n / parse:,.0f} events/s ({parse:.1f}s)")
+    kernel_work, parse_work = kernel - kernel_start, parse - parse_start
     return {
         "events": n,
         "seconds": kernel,
@@ -1199,6 +1208,13 @@ def replay_figures(events_file: Path, n: int, run_dir: Path) -> dict[str, Any]:
         "json_parse_events_per_s": rate(n, parse),
         "vs_python_core": python / kernel,
         "vs_json_parse": parse / kernel,
+        "startup_seconds": kernel_start,
+        "json_parse_startup_seconds": parse_start,
+        "events_per_s_after_startup": rate(n, kernel_work) if kernel_work > 0 else None,
+        "json_parse_events_per_s_after_startup": rate(n, parse_work) if parse_work > 0 else None,
+        "vs_json_parse_after_startup": (
+            parse_work / kernel_work if kernel_work > 0 and parse_work > 0 else None
+        ),
     }
 
 
@@ -1389,6 +1405,20 @@ def print_table(results: dict[str, Any]) -> None:
             check(h["replay_vs_json_parse"], TARGETS["replay_vs_json_parse"]),
         ),
         ("    replay / Python core", _fmt(h["replay_vs_python_core"], 2), "x", ""),
+        (
+            "    start-up: replay / JSON-parse loop",
+            " / ".join(
+                _fmt(rep.get(key), 2) for key in ("startup_seconds", "json_parse_startup_seconds")
+            ),
+            "s",
+            "",
+        ),
+        (
+            "    after start-up: replay / JSON-parse limit",
+            _fmt(rep.get("vs_json_parse_after_startup"), 2),
+            "x",
+            "",
+        ),
         ("(8) peak RSS of the worker", _fmt((fp.get("peak_rss_bytes") or 0) / 2**20), "MiB", ""),
         (
             "    RocksDB B/contact, contacts table, compacted",
