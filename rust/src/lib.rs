@@ -13,13 +13,14 @@ mod replay;
 mod state;
 
 use engine::{rfc3339, Snapshot, Transition, Work};
+use foldhash::{HashMap, HashMapExt};
 use model::Model;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::cmp::Reverse;
-use foldhash::{HashMap, HashMapExt};
+use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
@@ -29,6 +30,50 @@ fn key_of(tenant: &str, contact_id: &str) -> String {
     key.push('\x1f');
     key.push_str(contact_id);
     key
+}
+
+/// `Transition.to_json_bytes()` of a transition (orjson's bytes).
+fn transition_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, t: &Transition) {
+    use replay::{write_f64, write_opt_str, write_str};
+    let lc = &cm.lifecycles[t.lifecycle];
+    out.extend_from_slice(b"{\"transition_id\":");
+    write_str(out, &t.transition_id);
+    out.extend_from_slice(b",\"tenant\":");
+    write_str(out, &s.tenant);
+    out.extend_from_slice(b",\"contact_id\":");
+    write_str(out, &s.contact_id);
+    out.extend_from_slice(b",\"from_stage\":");
+    write_opt_str(out, t.from_stage.map(|f| lc.stages[f].name.as_str()));
+    out.extend_from_slice(b",\"to_stage\":");
+    write_str(out, &lc.stages[t.to_stage].name);
+    out.extend_from_slice(b",\"half\":");
+    write_str(out, &cm.index_names[t.half]);
+    out.extend_from_slice(b",\"reason\":");
+    write_str(out, &t.reason);
+    out.extend_from_slice(b",\"index\":");
+    write_f64(out, t.index);
+    out.extend_from_slice(b",\"previous_index\":");
+    write_f64(out, t.previous_index);
+    out.extend_from_slice(b",\"components\":{");
+    for (i, (name, &v)) in cm.names.iter().zip(&t.components).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_f64(out, v);
+    }
+    out.extend_from_slice(b"},\"cause_event_id\":");
+    write_opt_str(out, t.cause.as_deref());
+    out.extend_from_slice(b",\"occurred_at\":");
+    write_str(out, &rfc3339(t.occurred_ms));
+    out.extend_from_slice(b",\"model_version\":");
+    write_str(out, &cm.version);
+    out.extend_from_slice(b",\"lifecycle\":");
+    write_str(out, &lc.name);
+    out.extend_from_slice(b",\"rule_id\":");
+    write_opt_str(out, t.rule_id.as_deref());
+    out.extend_from_slice(b"}\n");
 }
 
 /// A compiled model, handed over once (the JSON of `engagement_index.kernel.model_blob`).
@@ -194,51 +239,6 @@ impl Contacts {
         }
     }
 
-    /// `Transition.to_json_bytes()` of a transition.
-    fn transition_json(&self, out: &mut Vec<u8>, s: &state::State, t: &Transition) {
-        use replay::{write_f64, write_opt_str, write_str};
-        let cm = &*self.model;
-        let lc = &cm.lifecycles[t.lifecycle];
-        out.extend_from_slice(b"{\"transition_id\":");
-        write_str(out, &t.transition_id);
-        out.extend_from_slice(b",\"tenant\":");
-        write_str(out, &s.tenant);
-        out.extend_from_slice(b",\"contact_id\":");
-        write_str(out, &s.contact_id);
-        out.extend_from_slice(b",\"from_stage\":");
-        write_opt_str(out, t.from_stage.map(|f| lc.stages[f].name.as_str()));
-        out.extend_from_slice(b",\"to_stage\":");
-        write_str(out, &lc.stages[t.to_stage].name);
-        out.extend_from_slice(b",\"half\":");
-        write_str(out, &cm.index_names[t.half]);
-        out.extend_from_slice(b",\"reason\":");
-        write_str(out, &t.reason);
-        out.extend_from_slice(b",\"index\":");
-        write_f64(out, t.index);
-        out.extend_from_slice(b",\"previous_index\":");
-        write_f64(out, t.previous_index);
-        out.extend_from_slice(b",\"components\":{");
-        for (i, (name, &v)) in cm.names.iter().zip(&t.components).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_str(out, name);
-            out.push(b':');
-            write_f64(out, v);
-        }
-        out.extend_from_slice(b"},\"cause_event_id\":");
-        write_opt_str(out, t.cause.as_deref());
-        out.extend_from_slice(b",\"occurred_at\":");
-        write_str(out, &rfc3339(t.occurred_ms));
-        out.extend_from_slice(b",\"model_version\":");
-        write_str(out, &cm.version);
-        out.extend_from_slice(b",\"lifecycle\":");
-        write_str(out, &lc.name);
-        out.extend_from_slice(b",\"rule_id\":");
-        write_opt_str(out, t.rule_id.as_deref());
-        out.extend_from_slice(b"}\n");
-    }
-
     /// One line of the replay: taken if the fast path parses it, the model scores its type
     /// and the rules allow it; then admitted by the duplicate window and applied.
     fn replay_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<Taken, String> {
@@ -294,21 +294,23 @@ impl Contacts {
         if self.max_event.is_none_or(|m| ts > m) {
             self.max_event = Some(ts);
         }
-        let model = self.model.clone();
-        let (mut work, first) = match self.states.remove(&key) {
-            Some(s) => (Work::new(s, &model), false),
-            None => (
-                Work::new(Work::new_state(tenant, contact_id, ts, &model), &model),
+        // one lookup: the state is taken out of its slot, stepped and put back
+        let model = &*self.model;
+        let (slot, first) = match self.states.entry(key) {
+            Entry::Occupied(o) => (o.into_mut(), false),
+            Entry::Vacant(v) => (
+                v.insert(Work::new_state(tenant, contact_id, ts, model)),
                 true,
             ),
         };
-        work.step(rule, ts, event_id, first)?; // the replay stops there (a bug)
+        let mut work = Work::new(std::mem::take(slot), model);
+        let stepped = work.step(rule, ts, event_id, first);
+        *slot = std::mem::take(&mut work.s);
+        stepped?; // the replay stops there (a bug)
         for t in &work.transitions {
-            self.transition_json(out, &work.s, t);
+            transition_json(model, out, slot, t);
         }
-        let n = work.transitions.len() as u64;
-        self.states.insert(key, work.s);
-        Ok(Taken::Applied(n))
+        Ok(Taken::Applied(work.transitions.len() as u64))
     }
 
     /// The time-driven changes due by `horizon`, ordered by time then contact; `emit` gets
@@ -563,9 +565,9 @@ impl Contacts {
     /// `finish` with the transitions as JSON lines (`Transition.to_json_bytes()` each).
     fn finish_json<'py>(&mut self, py: Python<'py>, horizon: i64) -> PyResult<Bound<'py, PyBytes>> {
         let mut out = Vec::new();
-        let view = Contacts::empty(self.model.clone());
+        let model = self.model.clone();
         self.finish_with(horizon, |s, t| {
-            view.transition_json(&mut out, s, t);
+            transition_json(&model, &mut out, s, t);
             Ok(())
         })?;
         Ok(PyBytes::new(py, &out))

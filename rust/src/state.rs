@@ -20,7 +20,7 @@ const MAX_COUNT: u64 = 0xFFFF_FFFF;
 pub type Window = (i64, i64, f64);
 pub const EMPTY_WINDOW: Window = (0, 0, 0.0);
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct State {
     pub tenant: String,
     pub contact_id: String,
