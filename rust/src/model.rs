@@ -1,8 +1,8 @@
 //! The compiled model as the kernel holds it: the JSON that
 //! `engagement_index.kernel.model_blob` writes from a `CompiledModel`, read once.
 
-use serde::Deserialize;
 use foldhash::HashMap;
+use serde::Deserialize;
 
 pub const LEVEL: u8 = 0;
 pub const EVENT: u8 = 1;
