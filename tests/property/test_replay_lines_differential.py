@@ -172,8 +172,10 @@ def lines(draw: st.DrawFn, model: ScoringModel) -> list[bytes]:
         if raw is None:
             raw = orjson.dumps({k: v for k, v in event.items() if v is not ABSENT})
         out.append(raw + b"\n")
-    if draw(st.booleans()):
-        out[-1] = out[-1][:-1]  # no newline at the end of the file
+    if out[-1] != b"\n" and draw(st.booleans()):
+        # no newline at the end of the file (a blank last line without its newline would be
+        # no line at all: the file's lines are what ``for line in file`` gives)
+        out[-1] = out[-1][:-1]
     return out
 
 
