@@ -115,9 +115,8 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
-        while map.next_entry::<Cow<'de, str>, Checked>()?.is_some() {}
-        Ok(Object)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object, A::Error> {
+        CheckedVisitor.visit_map(map).map(|Checked| Object)
     }
 }
 

@@ -86,6 +86,16 @@ class ReplayStats:
     merges: int = 0
 
 
+def _json_lines(transitions: Iterable[Transition]) -> bytes:
+    """``transitions`` as JSON lines (``Transition.to_json_bytes()`` and ``\\n`` each)."""
+    return b"".join(t.to_json_bytes() + b"\n" for t in transitions)
+
+
+def _parse_json_lines(out: bytes) -> list[Transition]:
+    """The transitions of the kernel's JSON lines (the inverse of :func:`_json_lines`)."""
+    return [Transition.trusted(**orjson.loads(line)) for line in out.splitlines()]
+
+
 def _one_line(raw: bytes) -> bool:
     """True if ``raw`` is one line as the kernel reads them (not empty, no ``\\n`` but
     maybe a last one)."""
@@ -242,7 +252,7 @@ class Replayer:
             self.stats.duplicates += 1
             return []
         self.stats.applied += 1
-        transitions = [Transition.trusted(**orjson.loads(line)) for line in out.splitlines()]
+        transitions = _parse_json_lines(out)
         self.stats.transitions += len(transitions)
         return transitions
 
@@ -427,8 +437,7 @@ class Replayer:
             if store is not None and isinstance(raw, bytes) and _one_line(raw):
                 out, stopped_at = self._kernel_chunk(store, raw, 0, True)
                 if stopped_at is None:  # taken by the kernel
-                    for line in out.splitlines():
-                        yield Transition.trusted(**orjson.loads(line))
+                    yield from _parse_json_lines(out)
                     continue
             transitions = feed(raw)
             if transitions:
@@ -458,7 +467,7 @@ class Replayer:
             pos = line_end
             transitions = self.feed(line)
             if transitions:
-                yield b"".join(t.to_json_bytes() + b"\n" for t in transitions)
+                yield _json_lines(transitions)
         pieces = data[pos:].split(b"\n")
         rest = pieces.pop()  # after the last newline
         lines = [piece + b"\n" for piece in pieces]
@@ -469,7 +478,7 @@ class Replayer:
         for line in lines:
             transitions = feed(line)
             if transitions:
-                yield b"".join(t.to_json_bytes() + b"\n" for t in transitions)
+                yield _json_lines(transitions)
         return rest
 
     def _kernel_chunk(
@@ -511,7 +520,7 @@ class Replayer:
         """:meth:`finish` as JSON lines (``Transition.to_json_bytes()`` and ``\\n`` each)."""
         horizon = until_ms if until_ms is not None else self.horizon()
         if self._contacts is None or horizon is None:
-            return b"".join(t.to_json_bytes() + b"\n" for t in self.finish(until_ms))
+            return _json_lines(self.finish(until_ms))
         done = self._contacts.finish_json(horizon)
         self.stats.transitions += done.count(b"\n")
         return done
