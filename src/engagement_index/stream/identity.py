@@ -252,7 +252,12 @@ class IdentityMerge:
             out.history_writes[key] = (index, None)
             batch.daily.erase(key, index)
         out.due_updates[key] = (record.partition, None)
-        self.put_alias(batch, key, index, {"alias_of": survivor, "merge_id": request["merge_id"]})
+        alias: dict[str, Any] = {"alias_of": survivor, "merge_id": request["merge_id"]}
+        if entry is not None and entry.offsets:
+            # the last offset per source the transfer holds: a record of the absorbed id at
+            # or below it, delivered again after a crash, is in the transfer (redirect)
+            alias["offsets"] = {str(source): offset for source, offset in entry.offsets.items()}
+        self.put_alias(batch, key, index, alias)
         self.links.labels(step="absorb", outcome="absorbed").inc()
         return "absorbed"
 
@@ -342,11 +347,22 @@ class IdentityMerge:
             batch.out.alias_writes[key] = (index, encode_alias(current))
 
     # ------------------------------------------------------------ later events
-    def redirect(self, batch: _Batch, index: int, record: InboundRecord, key: bytes) -> bool:
-        """Send an event of an absorbed id (no state, an alias) on to its survivor."""
-        alias_of = self.alias(batch, key, index).get("alias_of")
+    def redirect(self, batch: _Batch, index: int, record: InboundRecord, key: bytes) -> str | None:
+        """Send an event of an absorbed id (no state, an alias) on to its survivor: outcome
+        ``aliased``; ``duplicate`` for a record the absorbed state had applied before step 2
+        (delivered again after a crash: it travelled in the transfer, so forwarding it would
+        count it twice where its copy reaches the survivor before the transfer); None: the
+        key is not an alias."""
+        current = self.alias(batch, key, index)
+        alias_of = current.get("alias_of")
         if alias_of is None:
-            return False
+            return None
+        source = self.scorer._source_index.get(record.topic)
+        applied = current.get("offsets", {}).get(str(source), -1)
+        if record.offset <= applied:
+            # as BatchScorer._rewrite: the alias may have missed the changelog at the crash
+            batch.out.alias_writes.setdefault(key, (index, encode_alias(current)))
+            return "duplicate"
         assert record.value is not None
         tenant = ContactKey.decode(key).tenant
         target = ContactKey(tenant, alias_of).encode()
@@ -355,7 +371,7 @@ class IdentityMerge:
         batch.out.sends.append(
             self._out(self.scorer._rekey_topic, target, value, partition, record.timestamp_ms)
         )
-        return True
+        return "aliased"
 
     # ---------------------------------------------------------------- erasure
     def erase(self, batch: _Batch, index: int, request: ErasureRequest) -> bool:

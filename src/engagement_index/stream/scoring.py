@@ -385,8 +385,10 @@ class BatchScorer:
             self.metrics.partition_forwards.labels(channel=self._channels[record.topic]).inc()
             return "forwarded"
         entry = self._load(batch, key, index)
-        if entry is None and self.identity.redirect(batch, index, record, key):
-            return "aliased"  # an absorbed id: its events count on its survivor
+        if entry is None:
+            redirected = self.identity.redirect(batch, index, record, key)
+            if redirected is not None:
+                return redirected  # an absorbed id: its events count on its survivor
         source = self._source_index[record.topic]
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
             # re-delivery of a record already in the state. The local store may hold a write

@@ -326,6 +326,30 @@ def test_a_retry_of_an_anonymous_event_after_the_merge_is_a_duplicate_on_the_sur
     assert after.values == before.values
 
 
+def test_a_re_delivered_event_of_an_absorbed_id_ahead_of_its_transfer_counts_once() -> None:
+    # after a crash, an event the absorbed state had applied (and the transfer carries) is
+    # delivered again once the absorbed id is an alias; its forwarded copy could reach the
+    # survivor before the transfer, where the duplicate window has not got its id yet
+    transfers = TOPOLOGY.internal.merge_transfers.name
+    sim = Sim()
+    for e in SCENARIO_BEFORE:
+        sim.publish("events.web", e, e["contact_id"])
+    sim.publish("engagement.identities", identify("user-1", "anon-1", 8), "user-1")
+    first = next(r for r in sim.pending if r.key == key("anon-1"))
+    while not sim.topic(transfers):  # up to the absorb step
+        sim._batch([sim.pending.pop(0)], write=True)
+    held = [r for r in sim.pending if r.topic == transfers]
+    sim.pending = [first] + [r for r in sim.pending if r.topic != transfers]
+    sim.run()  # the re-delivered event, and whatever it was forwarded as
+    sim.pending.extend(held)
+    sim.run()
+    got = sim.state("user-1")
+    want = reference(SCENARIO_BEFORE, "user-1")
+    assert got.events_counted == want.events_counted == 8
+    assert got.values == pytest.approx(want.values, rel=1e-12)
+    assert not sim.topic(TOPOLOGY.internal.rekey.name)  # nothing forwarded
+
+
 def test_a_survivor_with_the_most_aliases_refuses_more_links(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
