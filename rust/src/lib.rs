@@ -11,6 +11,7 @@ mod engine;
 mod model;
 mod replay;
 mod state;
+mod stored;
 
 use engine::{rfc3339, Snapshot, Transition, Work};
 use foldhash::{HashMap, HashMapExt};
@@ -97,6 +98,16 @@ impl Kernel {
         Contacts::empty(self.model.clone())
     }
 
+    /// The worker's scorer of whole `contacts` table values (`StoredScorer`), with the
+    /// duplicate window (ms) and the score step of its settings.
+    fn stored_scorer(&self, window_ms: i64, score_step: f64) -> StoredScorer {
+        StoredScorer {
+            view: Contacts::empty(self.model.clone()),
+            window: window_ms,
+            score_step,
+        }
+    }
+
     /// Fold events into stored states, the worker's form: items (stored state bytes or None
     /// for a new contact, event fields as in `Contacts.step`, the contact's published index,
     /// the score step). Per item: None if the kernel does not take the stored state (the
@@ -167,6 +178,183 @@ impl Kernel {
             out.append(result)?;
         }
         Ok(out.unbind())
+    }
+}
+
+/// Scores one event on a contact's whole table value (`engagement_index.stream.stored`,
+/// version 2): the redelivery check on the source's offset, the duplicate window, the fold
+/// and the snapshot decision, and the value written back, in one call per event.
+#[pyclass(module = "engagement_index._kernel", frozen)]
+struct StoredScorer {
+    view: Contacts,
+    window: i64,
+    score_step: f64,
+}
+
+/// `StoredScorer.score`'s answer for an applied event: (1 for an event id the window holds,
+/// 2 for an applied event; the new table value; its published index; due ms; clock ms; the
+/// clock of the state it started from, None for a new contact; where the core-state bytes
+/// start in the value; transitions or None; the snapshot dict or None).
+type Scored<'py> = (
+    u8,
+    Bound<'py, PyBytes>,
+    f64,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    usize,
+    PyObject,
+    PyObject,
+);
+
+#[pymethods]
+impl StoredScorer {
+    /// One event: `stored` the contact's table value (None: a new contact); `published` its
+    /// published index where the caller holds it (None: the value's own); `fields` the event
+    /// as `Kernel.step_stored` takes it; `record` (source id, offset, arrival ms).
+    ///
+    /// Returns None where the value or its state is not one the kernel takes (the caller
+    /// uses the Python side), 0 for a redelivered record (its offset is at or below the
+    /// stored one: nothing changed), an error message (`str`), or a `Scored` tuple; a
+    /// transition is (its JSON bytes, lifecycle, from stage or None, to stage, reason).
+    #[pyo3(signature = (stored, published, fields, record))]
+    fn score<'py>(
+        &self,
+        py: Python<'py>,
+        stored: Option<&[u8]>,
+        published: Option<f64>,
+        fields: &Bound<'py, PyTuple>,
+        record: (u16, u64, i64),
+    ) -> PyResult<PyObject> {
+        let model = &*self.view.model;
+        let (source, offset, arrival) = record;
+        let (a, b, c, d) = (
+            fields.get_borrowed_item(0)?,
+            fields.get_borrowed_item(1)?,
+            fields.get_borrowed_item(2)?,
+            fields.get_borrowed_item(3)?,
+        );
+        let event_id: &str = a.extract()?;
+        let tenant: &str = b.extract()?;
+        let contact_id: &str = c.extract()?;
+        let event_type: &str = d.extract()?;
+        let ts: i64 = fields.get_borrowed_item(4)?.extract()?;
+        let rule = *model
+            .rule_by_type
+            .get(event_type)
+            .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+        let (mut value, state_bytes) = match stored {
+            None => (
+                stored::Stored {
+                    published: f32::NAN,
+                    offsets: Vec::new(),
+                    seen: replay::Seen::default(),
+                    state: 0,
+                },
+                None,
+            ),
+            Some(data) => match stored::decode(data) {
+                Some(v) => {
+                    let at = v.state;
+                    (v, Some(&data[at..]))
+                }
+                None => return Ok(py.None()),
+            },
+        };
+        if let Some(&(_, last)) = value.offsets.iter().find(|(s, _)| *s == source) {
+            if last >= offset {
+                return Ok(0u8.into_pyobject(py)?.into_any().unbind());
+            }
+        }
+        let mut published = published.unwrap_or(f64::from(value.published));
+        let state = match state_bytes {
+            None => None,
+            Some(bytes) => match state::decode(bytes, tenant, contact_id, model) {
+                Some(s) => Some(s),
+                None => return Ok(py.None()),
+            },
+        };
+        match value.offsets.iter_mut().find(|(s, _)| *s == source) {
+            Some(slot) => slot.1 = offset,
+            None => value.offsets.push((source, offset)),
+        }
+        if !value
+            .seen
+            .admit(replay::digest(event_id), arrival, self.window)
+        {
+            let bytes = state_bytes.unwrap_or_default();
+            let (data, at) = stored::encode(published, &mut value.offsets, &value.seen, bytes)
+                .map_err(PyValueError::new_err)?;
+            let clock = state.as_ref().map_or(0, |s| s.clock);
+            let result: Scored<'py> = (
+                1,
+                PyBytes::new(py, &data),
+                published,
+                state.as_ref().and_then(|s| s.due),
+                clock,
+                state.as_ref().map(|s| s.clock),
+                at,
+                py.None(),
+                py.None(),
+            );
+            return Ok(result.into_pyobject(py)?.into_any().unbind());
+        }
+        let before = state.as_ref().map(|s| s.clock);
+        let (s, first) = match state {
+            None => (Work::new_state(tenant, contact_id, ts, model), true),
+            Some(s) => (s, false),
+        };
+        let mut work = Work::new(s, model);
+        if let Err(message) = work.step(rule, ts, event_id, first) {
+            return Ok(message.into_pyobject(py)?.into_any().unbind());
+        }
+        let encoded = state::encode(&work.s, model).map_err(PyValueError::new_err)?;
+        let transitions = if work.transitions.is_empty() {
+            py.None()
+        } else {
+            let list = PyList::empty(py);
+            for t in &work.transitions {
+                let mut payload = Vec::with_capacity(512);
+                transition_json(model, &mut payload, &work.s, t);
+                payload.pop(); // the line's newline
+                let lc = &model.lifecycles[t.lifecycle];
+                list.append((
+                    PyBytes::new(py, &payload),
+                    &lc.name,
+                    t.from_stage.map(|f| lc.stages[f].name.as_str()),
+                    &lc.stages[t.to_stage].name,
+                    &t.reason,
+                ))?;
+            }
+            list.into_any().unbind()
+        };
+        let index_now = work.contact_index();
+        let moved = published.is_nan() || (index_now - published).abs() > self.score_step;
+        let snapshot = if moved || !work.transitions.is_empty() {
+            let at = work.s.clock;
+            let snap = work.evaluate(at).map_err(PyRuntimeError::new_err)?;
+            published = snap.index;
+            self.view
+                .snapshot_dict(py, &work.s, &snap)?
+                .into_any()
+                .unbind()
+        } else {
+            py.None()
+        };
+        let (data, at) = stored::encode(published, &mut value.offsets, &value.seen, &encoded)
+            .map_err(PyValueError::new_err)?;
+        let result: Scored<'py> = (
+            2,
+            PyBytes::new(py, &data),
+            published,
+            work.s.due,
+            work.s.clock,
+            before,
+            at,
+            transitions,
+            snapshot,
+        );
+        Ok(result.into_pyobject(py)?.into_any().unbind())
     }
 }
 
@@ -765,5 +953,6 @@ impl Contacts {
 fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernel>()?;
     m.add_class::<Contacts>()?;
+    m.add_class::<StoredScorer>()?;
     Ok(())
 }

@@ -17,9 +17,35 @@ ChunkResult = tuple[int, bool, bytes, int, int, int, int, int | None, int]
 class Kernel:
     def __init__(self, blob: str) -> None: ...
     def contacts(self) -> Contacts: ...
+    def stored_scorer(self, window_ms: int, score_step: float) -> StoredScorer: ...
     def step_stored(
         self, items: Sequence[tuple[bytes | None, Event, float, float]]
     ) -> list[StoredOutcome]: ...
+
+#: a transition of ``StoredScorer.score``: JSON bytes, lifecycle, from stage, to stage, reason
+TransitionRecord = tuple[bytes, str, str | None, str, str]
+#: (1 duplicate id / 2 applied, table value, published index, due ms, clock ms, the clock
+#: it started from, where the state bytes start, transitions, snapshot)
+Scored = tuple[
+    int,
+    bytes,
+    float,
+    int | None,
+    int,
+    int | None,
+    int,
+    list[TransitionRecord] | None,
+    dict[str, Any] | None,
+]
+
+class StoredScorer:
+    def score(
+        self,
+        stored: bytes | None,
+        published: float | None,
+        fields: Event,
+        record: tuple[int, int, int],
+    ) -> Scored | int | str | None: ...
 
 class Contacts:
     def load(self, tenant: str, contact_id: str, data: bytes) -> bool: ...

@@ -54,7 +54,12 @@ from engagement_index.settings import Settings
 from engagement_index.stream.accounts import MemberUpdates
 from engagement_index.stream.daily import DailyBatch, ListDays, closing_day
 from engagement_index.stream.identity import IdentityMerge
-from engagement_index.stream.stored import StoredContact, source_id
+from engagement_index.stream.stored import (
+    StoredContact,
+    published_index_of,
+    source_id,
+    state_offset,
+)
 from engagement_index.topology import Topology
 
 TICK = struct.Struct("<q")
@@ -108,6 +113,8 @@ class BatchOutcome:
 #: the place in ``BatchOutcome.sends`` of a snapshot a later one of the same batch replaced
 #: (removed at the batch end)
 _REPLACED = OutboundRecord("", None, None)
+#: ``StoredScorer.score``'s code of an applied event (1: an event id the window holds)
+_SCORED = 2
 
 
 def inbound_records(messages: Sequence[Any]) -> list[InboundRecord]:
@@ -231,6 +238,13 @@ class BatchScorer:
         self._members = MemberUpdates.for_scorer(model, topology, metrics)
         self._identity_sources = frozenset(topology.identity_sources)
         self.identity = IdentityMerge(self)
+        #: the kernel's scorer of whole table values (None: the kernel is not used, or the
+        #: model has accounts, whose values the Python side keeps)
+        self._stored_scorer = (
+            self._kernel.stored_scorer(self._dedupe_window_ms, settings.score_step)
+            if self._kernel is not None and self._members is None
+            else None
+        )
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -390,6 +404,10 @@ class BatchScorer:
             if redirected is not None:
                 return redirected  # an absorbed id: its events count on its survivor
         source = self._source_index[record.topic]
+        if self._stored_scorer is not None:
+            outcome = self._kernel_score(batch, index, record, entry, (key, fields, source))
+            if outcome is not None:
+                return outcome
         if entry is not None and entry.offsets.get(source, -1) >= record.offset:
             # re-delivery of a record already in the state. The local store may hold a write
             # whose changelog record never reached the broker (a crash while it was in flight,
@@ -570,15 +588,29 @@ class BatchScorer:
     def _send_transitions(
         self, batch: _Batch, index: int, key: bytes, transitions: list[Transition]
     ) -> None:
+        records = [
+            (t.to_json_bytes(), t.lifecycle, t.from_stage, t.to_stage, t.reason)
+            for t in transitions
+        ]
+        self._send_transition_records(batch, index, key, records)
+
+    def _send_transition_records(
+        self,
+        batch: _Batch,
+        index: int,
+        key: bytes,
+        transitions: Sequence[tuple[bytes, str, str | None, str, str]],
+    ) -> None:
+        """Queue transitions given as (JSON bytes, lifecycle, from stage, to stage, reason);
+        count them and add them to the contact's score history."""
         out = batch.out
         history = self._history(batch, key, index)
         counts = self._transition_counts
-        for transition in transitions:
-            payload = transition.to_json_bytes()
+        for payload, lifecycle, from_stage, to_stage, reason in transitions:
             out.sends.append(OutboundRecord(self._stage_topic, key, payload))
-            move = (transition.lifecycle, transition.from_stage, transition.to_stage)
+            move = (lifecycle, from_stage, to_stage)
             out.stage_moves.append(move)
-            counts[(*move, transition.reason)] += 1
+            counts[(*move, reason)] += 1
             history.append(payload)
         del history[: -self.settings.history_size]
         out.history_writes[key] = (index, b"")  # the value is joined at the batch end
@@ -616,6 +648,56 @@ class BatchScorer:
         entry.set_stored(data, clock_ms)
         return True
 
+    def _kernel_score(
+        self,
+        batch: _Batch,
+        index: int,
+        record: InboundRecord,
+        entry: _Entry | None,
+        event: tuple[bytes, EventFields, int],
+    ) -> str | None:
+        """One event of a checked, routed record on the contact's whole table value, by the
+        kernel (``StoredScorer.score``): the redelivery check, the duplicate window, ``step``
+        and :meth:`_emit`. The outcome for the consumed-events metric, or None where the
+        kernel does not take the value (the Python side then)."""
+        scorer = self._stored_scorer
+        assert scorer is not None
+        key, fields, source = event
+        if entry is None:
+            raw, published = None, None
+        else:
+            raw, published = entry.value(), entry._published
+        result = scorer.score(raw, published, fields, (source, record.offset, record.timestamp_ms))
+        if result is None:
+            return None
+        if isinstance(result, str):
+            raise RuntimeError(result)
+        if isinstance(result, int):  # a re-delivered record: see _process_one
+            assert entry is not None
+            self._rewrite(batch, key, index, entry)
+            return "duplicate"
+        code, data, published, due_ms, _clock_ms, before, state_at, transitions, snapshot = result
+        if entry is None:
+            entry = _Entry(None, {}, math.nan, EMPTY_SEEN)
+        out = batch.out
+        if code == _SCORED:
+            out.due_updates[key] = (record.partition, due_ms)
+            if transitions:
+                self._send_transition_records(batch, index, key, transitions)
+            if snapshot is not None:
+                self._send_snapshot(batch, key, orjson.dumps(snapshot))
+            entry.set_value(data, state_at, before)
+        else:
+            entry.set_bookkeeping(data, state_at)
+        entry._published = published
+        entry.last_index = index
+        batch.contacts[key] = entry
+        out.latency_from_ms.append(record.timestamp_ms)
+        newest = batch.newest
+        if fields.timestamp_ms > newest.get(record.topic, -1):
+            newest[record.topic] = fields.timestamp_ms
+        return "scored" if code == _SCORED else "duplicate"
+
     def _dead_letter(
         self,
         out: BatchOutcome,
@@ -635,9 +717,14 @@ class BatchScorer:
         raw = batch.load_contact(key, index)
         entry = None
         if raw is not None:
-            stored = StoredContact.decode(raw, self._legacy_sources)
-            entry = _Entry(stored.state_bytes, stored.offsets, stored.published_index, stored.seen)
-            entry.account = stored.account
+            if self._stored_scorer is not None:  # decoded when the Python side needs it
+                entry = _Entry.of_value(raw, self._legacy_sources)
+            else:
+                stored = StoredContact.decode(raw, self._legacy_sources)
+                entry = _Entry(
+                    stored.state_bytes, stored.offsets, stored.published_index, stored.seen
+                )
+                entry.account = stored.account
         cache[key] = entry
         return entry
 
@@ -654,22 +741,32 @@ class BatchScorer:
 class _Entry:
     """A contact within one batch: its stored bookkeeping and its state, decoded lazily.
 
+    Two forms. *Fields*: the offsets, the duplicate window, the account and the state (decoded
+    or as bytes) are held one by one. *Raw*: the whole table value is held as bytes (as read,
+    or as the kernel's :meth:`BatchScorer._kernel_score` wrote it) and the fields are decoded
+    from it on first use (which turns the entry into the fields form); the state's bytes are a
+    slice of the value. The published index is held apart in both forms (at full precision:
+    the value keeps it as an f32).
+
     ``daily``: the state changed in this batch (its day key is written at the batch end);
     ``passed``: states of this batch the clock has moved on from, by the day they close (each
     is that day's last state: ``stream/daily.py``).
     """
 
     __slots__ = (
+        "_account",
+        "_legacy_sources",
         "_loaded_day",
+        "_offsets",
+        "_published",
+        "_raw",
+        "_raw_state_at",
+        "_seen",
         "_state",
         "_state_bytes",
-        "account",
         "daily",
         "last_index",
-        "offsets",
         "passed",
-        "published_index",
-        "seen",
     )
 
     def __init__(
@@ -681,49 +778,143 @@ class _Entry:
     ) -> None:
         self._state_bytes = state_bytes
         self._state: ContactState | None = None
-        self.offsets = offsets
-        self.published_index = published_index
-        self.seen = seen
+        self._offsets: dict[int, int] | None = offsets
+        self._published: float | None = published_index
+        self._seen: SeenIds | None = seen
+        #: the contact's account and since when (docs/models.md#accounts), or None
+        self._account: tuple[str, int] | None = None
+        self._raw: bytes | None = None
+        self._raw_state_at: int | None = None
+        self._legacy_sources: Sequence[str] = ()
         self.last_index = -1  # index in the batch of the last record that changed it
         self.daily = False
         self.passed: dict[int, ContactState | bytes] | None = None
         self._loaded_day: int | None = None  # the day of the stored state, once decoded
-        #: the contact's account and since when (docs/models.md#accounts), or None
-        self.account: tuple[str, int] | None = None
+
+    @classmethod
+    def of_value(cls, raw: bytes, legacy_sources: Sequence[str]) -> _Entry:
+        """An entry of a table value as read, in the raw form (nothing decoded yet)."""
+        entry = cls(None, {}, math.nan, EMPTY_SEEN)
+        entry._offsets = entry._seen = entry._published = None
+        entry._raw = raw
+        entry._legacy_sources = legacy_sources
+        return entry
+
+    # ------------------------------------------------------------ the two forms
+    def _fields(self) -> None:
+        """Turn a raw entry into the fields form (decode its bookkeeping)."""
+        raw = self._raw
+        if raw is None:
+            return
+        stored = StoredContact.decode(raw, self._legacy_sources)
+        self._offsets = stored.offsets
+        self._seen = stored.seen
+        self._account = stored.account
+        if self._published is None:
+            self._published = stored.published_index
+        if self._state_bytes is None:
+            self._state_bytes = stored.state_bytes
+        self._raw = None
+        self._raw_state_at = None
+
+    def value(self) -> bytes | None:
+        """The table value of the entry as it stands (None: it has no state yet)."""
+        if self._raw is not None:
+            return self._raw
+        if not self.known:
+            return None
+        return self.encode()
+
+    @property
+    def offsets(self) -> dict[int, int]:
+        """Last applied offset per source id."""
+        self._fields()
+        assert self._offsets is not None
+        return self._offsets
+
+    @property
+    def seen(self) -> SeenIds:
+        """The duplicate window."""
+        self._fields()
+        assert self._seen is not None
+        return self._seen
+
+    @seen.setter
+    def seen(self, seen: SeenIds) -> None:
+        self._fields()
+        self._seen = seen
+
+    @property
+    def account(self) -> tuple[str, int] | None:
+        """The contact's account and since when, or None."""
+        self._fields()
+        return self._account
+
+    @account.setter
+    def account(self, account: tuple[str, int] | None) -> None:
+        self._fields()
+        self._account = account
+
+    @property
+    def published_index(self) -> float:
+        """The index of the contact's last published snapshot (NaN: none)."""
+        if self._published is None:
+            assert self._raw is not None
+            self._published = published_index_of(self._raw)
+        return self._published
+
+    @published_index.setter
+    def published_index(self, index: float) -> None:
+        self._fields()  # the raw value's copy would be stale
+        self._published = index
 
     @property
     def known(self) -> bool:
         """True once the contact has a state (stored, or made in this batch)."""
-        return self._state is not None or self._state_bytes is not None
+        return self._state is not None or self._state_bytes is not None or self._raw is not None
 
     def state(self, key: bytes, contact: ContactKey | None = None) -> ContactState:
         """The contact's state (decoded on first use); ``contact``: ``key`` decoded, if known."""
         state = self._state
         if state is None:
-            assert self._state_bytes is not None
+            data = self.stored_bytes()
+            assert data is not None
             if contact is None:
                 contact = ContactKey.decode(key)
-            state = self._state = decode_state(self._state_bytes, contact)
+            state = self._state = decode_state(data, contact)
             if not self.daily:  # the stored state, not one of this batch
                 self._loaded_day = closing_day(state.clock_ms)
         return state
 
     def stored_bytes(self) -> bytes | None:
         """The state's bytes (None: no state yet)."""
-        if self._state_bytes is None and self._state is not None:
-            self._state_bytes = encode_state(self._state)
+        if self._state_bytes is None:
+            if self._raw is not None:
+                self._state_bytes = self._raw[self._state_at() :]
+            elif self._state is not None:
+                self._state_bytes = encode_state(self._state)
         return self._state_bytes
+
+    def _state_at(self) -> int:
+        at = self._raw_state_at
+        if at is None:
+            assert self._raw is not None
+            at = self._raw_state_at = state_offset(self._raw, self._legacy_sources)
+        return at
 
     def clock_ms(self) -> int:
         """The state's clock (the entry must be :attr:`known`)."""
         if self._state is not None:
             return self._state.clock_ms
+        if self._state_bytes is None and self._raw is not None:
+            return int(_CLOCK.unpack_from(self._raw, self._state_at() + 2)[0])
         assert self._state_bytes is not None
         return int(_CLOCK.unpack_from(self._state_bytes, 2)[0])
 
     def set_state(self, state: ContactState) -> None:
         """Replace the state (its bytes are re-encoded at the batch end if it changed)."""
         if state is not self._state:
+            self._fields()
             self._pass_day(state.clock_ms)
             self._state = state
             self._state_bytes = None
@@ -731,12 +922,36 @@ class _Entry:
 
     def set_stored(self, data: bytes, clock_ms: int) -> None:
         """Replace the state by its bytes (the kernel's step), as :meth:`set_state` does."""
+        self._fields()
         if not self.daily and self._state is None and self._state_bytes is not None:
             self._loaded_day = closing_day(self.clock_ms())  # the stored state's day
         self._pass_day(clock_ms)
         self._state = None
         self._state_bytes = data
         self.daily = True
+
+    def set_value(self, raw: bytes, state_at: int, before: int | None) -> None:
+        """Replace the whole table value by the kernel's, with a new state in it (starting at
+        ``state_at``; ``before``: the clock of the state it replaced, None: there was none)."""
+        if not self.daily and before is not None and self._state is None:
+            self._loaded_day = closing_day(before)  # the stored state's day
+        self._pass_day(int(_CLOCK.unpack_from(raw, state_at + 2)[0]))
+        self._into_raw(raw, state_at)
+        self._state = None
+        self._state_bytes = None
+        self.daily = True
+
+    def set_bookkeeping(self, raw: bytes, state_at: int) -> None:
+        """Replace the whole table value by the kernel's, with the same state in it (an
+        event id the duplicate window holds: only the offsets changed)."""
+        self._into_raw(raw, state_at)
+
+    def _into_raw(self, raw: bytes, state_at: int) -> None:
+        self._raw = raw
+        self._raw_state_at = state_at
+        self._offsets = self._seen = None
+        self._account = None
+        self._legacy_sources = ()
 
     def _pass_day(self, clock_ms: int) -> None:
         """Keep the current state of this batch if the next one, at ``clock_ms``, is on
@@ -751,27 +966,31 @@ class _Entry:
 
     def put_days(self, key: bytes, daily: DailyBatch) -> None:
         """Hand the contact's day states to ``daily`` (after :meth:`encode`)."""
-        assert self._state_bytes is not None
+        state_bytes = self.stored_bytes()
+        assert state_bytes is not None
         day = closing_day(self.clock_ms())
         days = {
             d: s if isinstance(s, bytes) else encode_state(s)
             for d, s in (self.passed or {}).items()
         }
-        days[day] = self._state_bytes
+        days[day] = state_bytes
         daily.put(key, self.last_index, days, day != self._loaded_day)
 
     def put_stored_day(self, key: bytes, index: int, daily: DailyBatch) -> None:
         """Write the unchanged stored state's day key again (a re-delivered record)."""
         state = self.state(key)
-        assert self._state_bytes is not None
-        daily.put(key, index, {closing_day(state.clock_ms): self._state_bytes}, False)
+        state_bytes = self.stored_bytes()
+        assert state_bytes is not None
+        daily.put(key, index, {closing_day(state.clock_ms): state_bytes}, False)
 
     def encode(self) -> bytes:
         """The table value."""
-        state_bytes = self._state_bytes
-        if state_bytes is None:
-            assert self._state is not None
-            state_bytes = self._state_bytes = encode_state(self._state)
+        if self._raw is not None:
+            return self._raw
+        state_bytes = self.stored_bytes()
+        assert state_bytes is not None
+        assert self._offsets is not None
+        assert self._seen is not None
         return StoredContact(
-            state_bytes, self.offsets, self.published_index, self.seen, self.account
+            state_bytes, self._offsets, self.published_index, self._seen, self._account
         ).encode()

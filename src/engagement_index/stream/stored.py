@@ -75,17 +75,32 @@ def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
 def state_bytes_of(data: bytes, legacy_sources: Sequence[str] = ()) -> bytes:
     """The core-state bytes of a table value: :meth:`StoredContact.decode`'s ``state_bytes``,
     skipping the offsets and the duplicate window instead of decoding them."""
+    return data[state_offset(data, legacy_sources) :]
+
+
+def state_offset(data: bytes, legacy_sources: Sequence[str] = ()) -> int:
+    """Where the core-state bytes of a table value start (:func:`state_bytes_of`)."""
     if len(data) < _HEAD.size or data[0] not in (VERSION, ACCOUNT_VERSION):
-        return StoredContact.decode(data, legacy_sources).state_bytes
-    pos = _skip_offsets(data)
-    if data[0] == ACCOUNT_VERSION:
-        size, pos = _get_varint(data, pos)
-        pos += size + _SINCE.size
-    (n,) = _SEEN_COUNT.unpack_from(data, pos)
+        return len(data) - len(StoredContact.decode(data, legacy_sources).state_bytes)
+    try:
+        pos = _skip_offsets(data)
+        if data[0] == ACCOUNT_VERSION:
+            size, pos = _get_varint(data, pos)
+            pos += size + _SINCE.size
+        n = int(_SEEN_COUNT.unpack_from(data, pos)[0])
+    except (IndexError, struct.error):
+        raise StoredStateError("truncated stored value") from None
     end = pos + _SEEN_COUNT.size + n * (DIGEST_BYTES + 8)
     if end > len(data):
         raise StoredStateError("truncated duplicate window")
-    return data[end:]
+    return end
+
+
+def published_index_of(data: bytes) -> float:
+    """The published index a table value holds (NaN: never published)."""
+    if len(data) < _HEAD.size:
+        raise StoredStateError("stored value too short")
+    return float(_HEAD.unpack_from(data, 0)[1])
 
 
 def _skip_offsets(data: bytes) -> int:

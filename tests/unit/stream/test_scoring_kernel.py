@@ -67,23 +67,39 @@ def _scorer(model_file: Path) -> BatchScorer:
 
 
 def _records(model_file: Path) -> list[list[InboundRecord]]:
-    """Batches of the workload's records, with re-deliveries, repeats and bad records."""
+    """Batches of the workload's records, with re-deliveries, repeats, bad records and
+    erasures; each event on the inbound topic of its channel (so a contact's stored value
+    holds the offsets of several sources)."""
     model = load_model(model_file)
     types = sorted(model.compiled.rules)
     spec = workload.WorkloadSpec(events=3_000, contacts=150, seed=40, end_ms=END_MS)
-    topic = TOPOLOGY.scoring_sources[0]
+    sources = TOPOLOGY.scoring_sources[:5]
     partitions = TOPOLOGY.scoring_partitions
     rng = random.Random(5)
     records: list[InboundRecord] = []
-    for offset, event in enumerate(workload.generate(spec)):
+    offsets: dict[tuple[str, int], int] = {}
+    window_ms = int(Settings().dedupe_window_seconds * 1000)
+    for event in workload.generate(spec):
         if event["type"] not in model.compiled.rules:
             event["type"] = types[sum(str(event["type"]).encode()) % len(types)]
         key = ContactKey(str(event["tenant"]), str(event["contact_id"])).encode()
         value = orjson.dumps(event)
         partition = canonical_partition(key, partitions)
+        topic = sources[sum(str(event["type"]).encode()) % len(sources)]
+        offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
         records.append(InboundRecord(topic, partition, offset, key, value, NOW - 1_000))
-        if rng.random() < 0.02:  # the same event id again, later
+        draw = rng.random()
+        if draw < 0.02:  # the same event id again, later, within the window
             records.append(records[-1]._replace(offset=offset + 1_000_000))
+        elif draw < 0.03:  # the same event id again, after the window
+            later = NOW + window_ms + 1_000
+            records.append(records[-1]._replace(offset=offset + 1_000_000, timestamp_ms=later))
+        elif draw < 0.035:  # an erasure of the contact, then its events start again
+            request = {"erasure_id": f"e-{len(records)}", "tenant": str(event["tenant"]),
+                       "contact_id": str(event["contact_id"]),
+                       "requested_at": "2026-12-01T00:00:00.000Z"}  # fmt: skip
+            erasures = TOPOLOGY.internal.erasure_requests.name
+            records.append(InboundRecord(erasures, partition, 0, key, orjson.dumps(request), NOW))
     records.insert(100, records[50])  # a re-delivered offset
     records.insert(200, records[10]._replace(value=b"{not json", offset=2_000_000))
     return [records[i : i + 250] for i in range(0, len(records), 250)]
@@ -142,4 +158,5 @@ def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
         keys = [r.key for r in o.sends if r.topic == scores and r.value is not None]
         assert len(keys) == len(set(keys)), f"batch {n}: one snapshot per contact"
     assert any(r.topic == TOPOLOGY.outbound.dead_letters.name for o in fast for r in o.sends)
+    assert any(r.topic == TOPOLOGY.outbound.erasures.name for o in fast for r in o.sends)
     assert sum(r.topic == TOPOLOGY.outbound.stage_changes.name for o in fast for r in o.sends)
