@@ -452,13 +452,22 @@ class BatchScorer:
             return "duplicate"
         # all checks passed: commit the contact's new state to the batch cache
         entry.offsets[source] = record.offset
+        self._keep(batch, index, record, (key, entry, fields.timestamp_ms))
+        return "duplicate" if duplicate else "scored"
+
+    @staticmethod
+    def _keep(
+        batch: _Batch, index: int, record: InboundRecord, kept: tuple[bytes, _Entry, int]
+    ) -> None:
+        """Keep a scored record's contact (``(key, entry, event time)``) in the batch cache
+        and note its arrival and event time for the metrics."""
+        key, entry, event_ms = kept
         entry.last_index = index
         batch.contacts[key] = entry
-        out.latency_from_ms.append(record.timestamp_ms)
+        batch.out.latency_from_ms.append(record.timestamp_ms)
         newest = batch.newest
-        if fields.timestamp_ms > newest.get(record.topic, -1):
-            newest[record.topic] = fields.timestamp_ms
-        return "duplicate" if duplicate else "scored"
+        if event_ms > newest.get(record.topic, -1):
+            newest[record.topic] = event_ms
 
     def _defer_tick(self, batch: _Batch, index: int, record: InboundRecord) -> None:
         """A wake-up of a held partition: not applied. The due-time index still holds the
@@ -690,12 +699,7 @@ class BatchScorer:
         else:
             entry.set_bookkeeping(data, state_at)
         entry._published = published
-        entry.last_index = index
-        batch.contacts[key] = entry
-        out.latency_from_ms.append(record.timestamp_ms)
-        newest = batch.newest
-        if fields.timestamp_ms > newest.get(record.topic, -1):
-            newest[record.topic] = fields.timestamp_ms
+        self._keep(batch, index, record, (key, entry, fields.timestamp_ms))
         return "scored" if code == _SCORED else "duplicate"
 
     def _dead_letter(
