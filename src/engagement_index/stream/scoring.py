@@ -685,7 +685,7 @@ class BatchScorer:
             assert entry is not None
             self._rewrite(batch, key, index, entry)
             return "duplicate"
-        code, data, published, due_ms, _clock_ms, before, state_at, transitions, snapshot = result
+        code, data, published, due_ms, clock_ms, before, state_at, transitions, snapshot = result
         if entry is None:
             entry = _Entry(None, {}, math.nan, EMPTY_SEEN)
         out = batch.out
@@ -695,7 +695,7 @@ class BatchScorer:
                 self._send_transition_records(batch, index, key, transitions)
             if snapshot is not None:
                 self._send_snapshot(batch, key, orjson.dumps(snapshot))
-            entry.set_value(data, state_at, before)
+            entry.set_value(data, state_at, (clock_ms, before))
         else:
             entry.set_bookkeeping(data, state_at)
         entry._published = published
@@ -823,11 +823,7 @@ class _Entry:
 
     def value(self) -> bytes | None:
         """The table value of the entry as it stands (None: it has no state yet)."""
-        if self._raw is not None:
-            return self._raw
-        if not self.known:
-            return None
-        return self.encode()
+        return self.encode() if self.known else None
 
     @property
     def offsets(self) -> dict[int, int]:
@@ -934,12 +930,14 @@ class _Entry:
         self._state_bytes = data
         self.daily = True
 
-    def set_value(self, raw: bytes, state_at: int, before: int | None) -> None:
+    def set_value(self, raw: bytes, state_at: int, clocks: tuple[int, int | None]) -> None:
         """Replace the whole table value by the kernel's, with a new state in it (starting at
-        ``state_at``; ``before``: the clock of the state it replaced, None: there was none)."""
+        ``state_at``); ``clocks``: the new state's clock and that of the state it replaced
+        (None: there was none)."""
+        clock_ms, before = clocks
         if not self.daily and before is not None and self._state is None:
             self._loaded_day = closing_day(before)  # the stored state's day
-        self._pass_day(int(_CLOCK.unpack_from(raw, state_at + 2)[0]))
+        self._pass_day(clock_ms)
         self._into_raw(raw, state_at)
         self._state = None
         self._state_bytes = None
