@@ -559,7 +559,7 @@ impl<'m> Work<'m> {
         };
         let points = rule.points;
         let count = cap.count;
-        if n + 1 <= count {
+        if n < count {
             self.s.values[cap.component] += if age != 0 {
                 late_contribution(points, age, h)
             } else {

@@ -25,6 +25,31 @@ use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+/// Binds an event's fields, a tuple in the order of the core's `EventFields` (event id,
+/// tenant, contact id, type, timestamp ms), to `&str`s borrowed from the tuple, the index of
+/// the model's rule for its type, and the timestamp; a type the model does not score is a
+/// `ValueError`. A macro, not a function: the borrowed items the strings point into have to
+/// live in the caller's scope.
+macro_rules! event_fields {
+    ($fields:expr, $model:expr => $event_id:ident, $tenant:ident, $contact_id:ident, $rule:ident, $ts:ident) => {
+        let items = (
+            $fields.get_borrowed_item(0)?,
+            $fields.get_borrowed_item(1)?,
+            $fields.get_borrowed_item(2)?,
+            $fields.get_borrowed_item(3)?,
+        );
+        let $event_id: &str = items.0.extract()?;
+        let $tenant: &str = items.1.extract()?;
+        let $contact_id: &str = items.2.extract()?;
+        let event_type: &str = items.3.extract()?;
+        let $ts: i64 = $fields.get_borrowed_item(4)?.extract()?;
+        let $rule = *$model
+            .rule_by_type
+            .get(event_type)
+            .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+    };
+}
+
 fn key_of(tenant: &str, contact_id: &str) -> String {
     let mut key = String::with_capacity(tenant.len() + contact_id.len() + 1);
     key.push_str(tenant);
@@ -125,21 +150,7 @@ impl Kernel {
             let fields = item.get_item(1)?.downcast_into::<PyTuple>()?;
             let published: f64 = item.get_borrowed_item(2)?.extract()?;
             let score_step: f64 = item.get_borrowed_item(3)?.extract()?;
-            let (a, b, c, d) = (
-                fields.get_borrowed_item(0)?,
-                fields.get_borrowed_item(1)?,
-                fields.get_borrowed_item(2)?,
-                fields.get_borrowed_item(3)?,
-            );
-            let event_id: &str = a.extract()?;
-            let tenant: &str = b.extract()?;
-            let contact_id: &str = c.extract()?;
-            let event_type: &str = d.extract()?;
-            let ts: i64 = fields.get_borrowed_item(4)?.extract()?;
-            let rule = *model
-                .rule_by_type
-                .get(event_type)
-                .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+            event_fields!(fields, model => event_id, tenant, contact_id, rule, ts);
             let (s, first) = if data.is_none() {
                 (Work::new_state(tenant, contact_id, ts, model), true)
             } else {
@@ -228,21 +239,7 @@ impl StoredScorer {
     ) -> PyResult<PyObject> {
         let model = &*self.view.model;
         let (source, offset, arrival) = record;
-        let (a, b, c, d) = (
-            fields.get_borrowed_item(0)?,
-            fields.get_borrowed_item(1)?,
-            fields.get_borrowed_item(2)?,
-            fields.get_borrowed_item(3)?,
-        );
-        let event_id: &str = a.extract()?;
-        let tenant: &str = b.extract()?;
-        let contact_id: &str = c.extract()?;
-        let event_type: &str = d.extract()?;
-        let ts: i64 = fields.get_borrowed_item(4)?.extract()?;
-        let rule = *model
-            .rule_by_type
-            .get(event_type)
-            .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+        event_fields!(fields, model => event_id, tenant, contact_id, rule, ts);
         let (mut value, state_bytes) = match stored {
             None => (
                 stored::Stored {
@@ -677,21 +674,7 @@ impl Contacts {
         let model = self.model.clone();
         for item in events.iter() {
             let item = item.downcast_into::<PyTuple>()?;
-            let (a, b, c, d) = (
-                item.get_borrowed_item(0)?,
-                item.get_borrowed_item(1)?,
-                item.get_borrowed_item(2)?,
-                item.get_borrowed_item(3)?,
-            );
-            let event_id: &str = a.extract()?;
-            let tenant: &str = b.extract()?;
-            let contact_id: &str = c.extract()?;
-            let event_type: &str = d.extract()?;
-            let ts: i64 = item.get_borrowed_item(4)?.extract()?;
-            let rule = *model
-                .rule_by_type
-                .get(event_type)
-                .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+            event_fields!(item, model => event_id, tenant, contact_id, rule, ts);
             let key = key_of(tenant, contact_id);
             let (mut work, first) = match self.states.get(&key) {
                 Some(s) => (Work::new(s.clone(), &model), false),
@@ -834,18 +817,9 @@ impl Contacts {
         fields: &Bound<'py, PyTuple>,
         arrival_ms: Option<i64>,
     ) -> PyResult<(Option<Bound<'py, PyBytes>>, Option<i64>, i64)> {
-        let event_id: String = fields.get_borrowed_item(0)?.extract()?;
-        let tenant: String = fields.get_borrowed_item(1)?.extract()?;
-        let contact_id: String = fields.get_borrowed_item(2)?.extract()?;
-        let event_type: String = fields.get_borrowed_item(3)?.extract()?;
-        let ts: i64 = fields.get_borrowed_item(4)?.extract()?;
-        let rule = *self
-            .model
-            .rule_by_type
-            .get(&event_type)
-            .ok_or_else(|| PyValueError::new_err("an event type the model does not score"))?;
+        event_fields!(fields, self.model => event_id, tenant, contact_id, rule, ts);
         let mut out = Vec::new();
-        let event = (event_id.as_str(), tenant.as_str(), contact_id.as_str());
+        let event = (event_id, tenant, contact_id);
         let taken = self
             .replay_event(event, (rule, ts, arrival_ms), &mut out)
             .map_err(PyRuntimeError::new_err)?;
