@@ -123,6 +123,27 @@ impl Kernel {
         Contacts::empty(self.model.clone())
     }
 
+    /// `SegmentIndex.project` of a `contacts` table value of version 2 (no account): (its
+    /// stage positions, one per lifecycle; its index at its clock; its last event ms). None
+    /// where the kernel does not take the value (another version, another model's layout,
+    /// bytes the core rejects): the Python side projects it or finds it undecodable.
+    fn project<'py>(
+        &self,
+        py: Python<'py>,
+        raw: &[u8],
+    ) -> PyResult<Option<(Bound<'py, PyTuple>, f64, i64)>> {
+        let model = &*self.model;
+        let Some(at) = stored::state_offset(raw) else {
+            return Ok(None);
+        };
+        let Some(s) = state::decode(&raw[at..], "", "", model) else {
+            return Ok(None);
+        };
+        let stage = &model.lifecycles[0].stages[s.stages[0]];
+        let index = decay::index_of(&s.values, &model.weights[stage.index as usize], model);
+        Ok(Some((PyTuple::new(py, &s.stages)?, index, s.last)))
+    }
+
     /// The worker's scorer of whole `contacts` table values (`StoredScorer`), with the
     /// duplicate window (ms) and the score step of its settings.
     fn stored_scorer(&self, window_ms: i64, score_step: f64) -> StoredScorer {

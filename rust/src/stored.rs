@@ -52,6 +52,23 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     }
 }
 
+/// Where the core-state bytes of a version 2 value start (the Python side's
+/// `state_offset`), walking over the offsets and the duplicate window without decoding them;
+/// None for anything else.
+pub fn state_offset(data: &[u8]) -> Option<usize> {
+    if data.len() < HEAD || data[0] != VERSION {
+        return None;
+    }
+    let mut pos = HEAD;
+    for _ in 0..data[5] {
+        data.get(pos..pos + 2)?;
+        pos = varint(data, pos + 2)?.1;
+    }
+    let n = u32::from_le_bytes(data.get(pos..pos + 4)?.try_into().ok()?) as usize;
+    let end = (pos + 4).checked_add(n.checked_mul(DIGEST_BYTES + 8)?)?;
+    (end <= data.len()).then_some(end)
+}
+
 /// `StoredContact.decode` of a version 2 value; None for anything else.
 pub fn decode(data: &[u8]) -> Option<Stored> {
     if data.len() < HEAD || data[0] != VERSION {

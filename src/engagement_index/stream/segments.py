@@ -57,6 +57,7 @@ from engagement_index.core.lifecycle import advance, migrate
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.state import ContactState, decode_state, peek_activity
 from engagement_index.core.timestamps import parse_timestamp_ms
+from engagement_index.kernel import kernel_for
 from engagement_index.stream.segment_query import (
     Evaluated,
     ModelView,
@@ -171,6 +172,8 @@ class SegmentIndex:
         self.path = path
         self.view = view
         self._cm = view.cm
+        #: projects the table values it takes (None: the Python side projects them all)
+        self._kernel = kernel_for(self._cm)
         self._legacy_sources = tuple(legacy_sources)
         self._stage_topic = stage_topic
         self._partitions = partitions
@@ -289,6 +292,10 @@ class SegmentIndex:
         """The projection of a ``contacts`` table value (None: none, or undecodable)."""
         if raw is None:
             return None
+        if self._kernel is not None:
+            projected = self._kernel.project(raw)
+            if projected is not None:
+                return Projection(*projected)
         try:
             state_bytes = state_bytes_of(raw, self._legacy_sources)
             return self.project_state(state_bytes, key, account_id=account_of(raw))

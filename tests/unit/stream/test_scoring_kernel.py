@@ -12,6 +12,7 @@ offsets, repeated event ids, decay wake-ups and bad records.
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 
 import orjson
@@ -22,10 +23,12 @@ from prometheus_client import CollectorRegistry
 from engagement_index.core.events import ContactKey
 from engagement_index.core.model import load_model
 from engagement_index.core.partitioning import canonical_partition
-from engagement_index.kernel import KERNEL_ENV, kernel_available
+from engagement_index.kernel import KERNEL_ENV, kernel_available, kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.scoring import BatchOutcome, BatchScorer, InboundRecord, encode_tick
+from engagement_index.stream.segment_query import ModelView
+from engagement_index.stream.segments import SegmentIndex
 from engagement_index.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -160,3 +163,48 @@ def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
     assert any(r.topic == TOPOLOGY.outbound.dead_letters.name for o in fast for r in o.sends)
     assert any(r.topic == TOPOLOGY.outbound.erasures.name for o in fast for r in o.sends)
     assert sum(r.topic == TOPOLOGY.outbound.stage_changes.name for o in fast for r in o.sends)
+
+
+@pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_the_kernel_projects_table_values_as_the_python_side_does(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SegmentIndex.project`` (stages, index at the clock, last event) of every value the
+    workload writes: the kernel's (``Kernel.project``) against the Python side's, the index
+    compared through its bytes; values the kernel does not take (accounts) agree too."""
+    assert kernel_available(), "the kernel is built by make setup"
+    values = {
+        (key, value)
+        for out in _run(model_file)
+        for key, (_, value) in out.contact_writes.items()
+        if value is not None
+    }
+    values.add((b"north\x1fc-bad", b"\x02garbage"))
+    model = load_model(model_file)
+
+    def index(name: str) -> SegmentIndex:
+        return SegmentIndex(
+            tmp_path / name,
+            ModelView.of(model),
+            legacy_sources=TOPOLOGY.scoring_sources,
+            stage_topic=TOPOLOGY.outbound.stage_changes.name,
+            partitions=TOPOLOGY.scoring_partitions,
+            load=lambda _partition, _key: None,
+            overdue=lambda _partition, _at: [],
+        )
+
+    fast = index("kernel.db")
+    kernel = kernel_for(model.compiled)
+    assert kernel is not None
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    slow = index("python.db")
+    taken = 0
+    for key, raw in sorted(values):
+        a, b = fast.project(raw, key), slow.project(raw, key)
+        assert a == b, key
+        if a is not None and b is not None:
+            assert struct.pack("<d", a.index) == struct.pack("<d", b.index), key
+        taken += kernel.project(raw) is not None
+    assert len(values) > 100
+    if model.accounts is None:
+        assert taken == len(values) - 1, "the kernel takes every version 2 value"
