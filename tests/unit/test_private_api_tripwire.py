@@ -217,6 +217,8 @@ MEMBERS: tuple[Member, ...] = (
     Member("aiokafka", AIOPRODUCER, "_partition", "method",
            "(self, topic, partition, key, value, serialized_key, serialized_value)", "sync"),
     Member("aiokafka", AIOPRODUCER, "client", "attribute", used_by=_SEND),
+    Member("aiokafka", AIOPRODUCER, "_partitioner", "attribute"),
+    Member("aiokafka", "aiokafka.client:AIOKafkaClient", "cluster", "attribute", used_by=_SEND),
     Member("aiokafka", "aiokafka.client:AIOKafkaClient", "_wait_on_metadata", "method",
            "(self, topic)", "await"),
     Member("aiokafka", AIOPRODUCER, "create_batch", "method", "(self)", "sync", used_by=_SEND),

@@ -4,9 +4,13 @@
 and a future per record. :func:`send_batched` groups the records of a whole scoring batch by
 topic and partition, fills one ``BatchBuilder`` per group (appends are C code) and submits
 each with ``send_batch``: one future per group. Records without a partition get the one the
-producer's own partitioner picks (the default: murmur2 of the key), computed once per key and
-topic, so keyed records land exactly where ``send`` would put them. Order is kept within each
-topic-partition.
+producer's own partitioner picks, computed once per key and topic, so keyed records land
+exactly where ``send`` would put them. With aiokafka's ``DefaultPartitioner`` (the worker sets
+no other) that is murmur2 of the key modulo the topic's partition count, which
+:func:`~engagement_index.core.partitioning.canonical_partition` computes too (the same hash
+as Kafka's Java client, and cached per key): it is used instead of the producer's call, which
+lists the topic's partitions and hashes the key in Python on every call. Order is kept within
+each topic-partition.
 
 Each batch is closed before it is submitted: an open one waits out the producer's
 ``linger_ms`` in the queue (the whole batch is there already, so lingering only adds
@@ -20,6 +24,10 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from engagement_index.core.partitioning import canonical_partition
 
 Headers = list[tuple[str, bytes]] | None
 #: ``(topic, key, value, partition, headers, timestamp in ms or None: now)``
@@ -45,14 +53,21 @@ async def send_batched(producer: Any, records: Iterable[Record]) -> list[SentGro
     topic-partition (more if a batch fills up)."""
     groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers, int | None]]] = {}
     partition_of: dict[tuple[str, bytes], int] = {}
+    #: each topic's partition count, where keys are placed by murmur2 (module docstring)
+    counts: dict[str, int] = {}
+    by_murmur2 = isinstance(producer._partitioner, DefaultPartitioner)
     ready_topics: set[str] = set()
     for topic, key, value, partition, headers, timestamp in records:
         if topic not in ready_topics:
             await producer.client._wait_on_metadata(topic)
             ready_topics.add(topic)
+            if by_murmur2:
+                counts[topic] = len(producer.client.cluster.partitions_for_topic(topic))
         if partition is None:
             if key is None:
                 partition = producer._partition(topic, None, None, value, None, value)
+            elif by_murmur2:
+                partition = canonical_partition(key, counts[topic])
             else:
                 cached = partition_of.get((topic, key))
                 if cached is None:
