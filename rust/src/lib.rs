@@ -123,6 +123,29 @@ impl Kernel {
         Contacts::empty(self.model.clone())
     }
 
+    /// `parse_event_fields` of a record value where its fast path takes the value (the
+    /// replay's line path, `replay::fast_fields`): (event id, tenant, contact id, type,
+    /// timestamp ms). None for anything else: the Python side parses it and words the reason
+    /// where it rejects it. The account id is not read, so the caller uses this only for
+    /// models without accounts.
+    fn event_fields<'py>(
+        &self,
+        py: Python<'py>,
+        value: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(f) = replay::fast_fields(value) else {
+            return Ok(None);
+        };
+        let fields = (
+            f.event_id.as_ref(),
+            f.tenant.as_ref(),
+            f.contact_id.as_ref(),
+            f.event_type.as_ref(),
+            f.ts,
+        );
+        Ok(Some(fields.into_pyobject(py)?))
+    }
+
     /// `SegmentIndex.project` of a `contacts` table value of version 2 (no account): (its
     /// stage positions, one per lifecycle; its index at its clock; its last event ms). None
     /// where the kernel does not take the value (another version, another model's layout,

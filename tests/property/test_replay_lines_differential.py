@@ -7,7 +7,8 @@ the fast path (every field in and out of its rules, JSON the two parsers might r
 timestamps of every shape, repeated event ids, identity records) and replay them both ways:
 the kernel's (``feed_chunks``, cut into chunks at random places) and the Python core's
 (``kernel=False``, line by line). Transitions, rejects, counters, final states and snapshots
-must be the same bytes.
+must be the same bytes. The worker decodes record values on the same fast path
+(``Kernel.event_fields``): what it takes, the Python core decodes to the same fields.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engagement_index.core.events import parse_event_fields
 from engagement_index.core.model import ScoringModel, load_model
 from engagement_index.core.state import encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
-from engagement_index.kernel import kernel_available
+from engagement_index.kernel import kernel_available, kernel_for
 from engagement_index.replay import Replayer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -276,3 +278,46 @@ def test_decayed_components_are_written_as_the_python_core_writes_them() -> None
     got = _kernel_replay(model, data, [], **until)
     assert got == expected
     assert b"e-8," in got["transitions"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_record_values_the_kernel_decodes_are_decoded_so_by_the_python_core(
+    data: st.DataObject,
+) -> None:
+    """The worker's decode (``Kernel.event_fields``, the same fast path, on record values):
+    every value it takes, ``parse_event_fields`` takes with the same fields; values it does
+    not take go to the Python core, which words the rejections."""
+    model = load_model(REPO / "config" / "models" / "default.yaml")
+    kernel = kernel_for(model.compiled)
+    assert kernel is not None
+    for line in data.draw(lines(model)):
+        value = line.removesuffix(b"\n")
+        fields = kernel.event_fields(value)
+        if fields is None:
+            continue
+        assert tuple(parse_event_fields(value)[:5]) == fields, value
+
+
+def test_the_kernel_decodes_plain_values_and_leaves_the_rest() -> None:
+    """Hand-made: plain values are taken; what only the Python core may judge is not."""
+    model = load_model(REPO / "config" / "models" / "default.yaml")
+    kernel = kernel_for(model.compiled)
+    assert kernel is not None
+    event = {
+        "event_id": "e1",
+        "contact_id": "c1",
+        "type": sorted(model.compiled.rules)[0],
+        "timestamp": "2026-01-01T00:00:00.250+01:00",
+    }
+    plain = orjson.dumps(event)
+    assert kernel.event_fields(plain) == tuple(parse_event_fields(plain)[:5])
+    assert kernel.event_fields(plain)[1] == "default"  # type: ignore[index]
+    for bad in (
+        plain[:-1] + b',"kind":"x"}',
+        plain[:-1] + b',"event_id":"dup"}',
+        plain.replace(b"2026-01-01T00", b"2026-13-01T00"),
+        plain[:5] + b"\xc3" + plain[5:],
+        b"[]",
+    ):
+        assert kernel.event_fields(bad) is None, bad
