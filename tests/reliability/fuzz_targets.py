@@ -233,11 +233,15 @@ record_keys = st.one_of(
     st.binary(max_size=12),
     st.just(ContactKey(TENANT, "c-1").encode()),
 )
+# a record value off the wire is bytes (the text ones as UTF-8, lone surrogates and all)
+record_values = raw_records.map(
+    lambda raw: raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+)
 inbound_records = st.lists(
     st.tuples(
         st.integers(0, len(TOPOLOGY.scoring_sources) - 1),  # the source topic (ticks, erasures)
         record_keys,
-        st.one_of(st.none(), raw_records),
+        st.one_of(st.none(), record_values),
     ),
     min_size=1,
     max_size=6,
