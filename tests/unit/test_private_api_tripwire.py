@@ -65,6 +65,8 @@ CONSUMER = "faust.transport.drivers.aiokafka:Consumer"  # what BulkConsumer subc
 FETCHER = "faust.transport.consumer:Fetcher"
 STORE = "faust.stores.rocksdb:Store"
 AIOPRODUCER = "aiokafka.producer.producer:AIOKafkaProducer"
+AIOCONSUMER = "aiokafka.consumer.consumer:AIOKafkaConsumer"
+CONSUMER_THREAD = "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread"
 BULK_CONSUMER = "engagement_index.stream.bulk:BulkConsumer"
 
 Kind = Literal["method", "attribute", "override"]
@@ -117,6 +119,7 @@ _DRAIN = f"{_SRC}stream/bulk.py BulkConsumer._drain_messages"
 _APPLY = f"{_SRC}stream/bulk.py apply_changelog"
 _SEEK = f"{_SRC}stream/bulk.py BulkConsumer._seek_uncommitted_to_beginning"
 _SEND = f"{_SRC}stream/produce.py send_batched"
+_COMMITTED = f"{_SRC}stream/bulk.py _seek_to_committed"
 _WRITES = f"the batch's table writes ({_SRC}stream/), in the raw_mode layout of Faust's Store"
 
 # fmt: off
@@ -154,13 +157,31 @@ MEMBERS: tuple[Member, ...] = (
            why="BulkConsumer._drain_messages is a rewrite of it"),
     Member("faust-streaming", CONSUMER, "perform_seek", "override", "(self)", "await",
            ours=BULK_CONSUMER, called_from=f"{RECOVERY}._resume_streams"),
+    Member("faust-streaming", CONSUMER, "seek_to_committed", "override", "(self)", "await",
+           ours=BULK_CONSUMER, called_from="faust.transport.consumer:Consumer.perform_seek"),
+    Member("faust-streaming", CONSUMER_THREAD, "_ensure_consumer", "method", "(self)", "sync"),
+    Member("mode-streaming", CONSUMER_THREAD, "call_thread", "method",
+           "(self, fun, *args, **kwargs)", "await", used_by=_COMMITTED),
+    Member("aiokafka", AIOCONSUMER, "seek_to_committed", "method", "(self, *partitions)",
+           used_by=_COMMITTED, source_sha256="0268d063aebf454d",
+           why="_seek_to_committed is it for all the assigned partitions, one request"),
+    Member("aiokafka", AIOCONSUMER, "_coordinator", "attribute"),
+    Member("aiokafka", AIOCONSUMER, "assignment", "method", "(self)", "sync",
+           used_by=_COMMITTED),
+    Member("aiokafka", AIOCONSUMER, "seek", "method", "(self, partition, offset)", "sync",
+           used_by=_COMMITTED),
+    Member("aiokafka", "aiokafka.consumer.group_coordinator:GroupCoordinator",
+           "fetch_committed_offsets", "method", "(self, partitions)", "await",
+           used_by=_COMMITTED, source_sha256="8c78a6c43285988c",
+           why="_seek_to_committed reads None for a partition it leaves out (no commit, an "
+               "unknown topic), as aiokafka's committed() does"),
     Member("faust-streaming", CONSUMER, "_read_offset", "attribute"),
     Member("faust-streaming", CONSUMER, "_commit_every", "attribute"),
     Member("faust-streaming", CONSUMER, "_n_acked", "attribute"),
     Member("faust-streaming", CONSUMER, "_add_gap", "method",
            "(self, tp, offset_from, offset_to)", "await"),
     Member("faust-streaming", CONSUMER, "_thread", "attribute"),
-    Member("faust-streaming", "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
+    Member("faust-streaming", CONSUMER_THREAD,
            "earliest_offsets", "method", "(self, *partitions)", "await",
            used_by=_SEEK),
     Member("mode-streaming", CONSUMER, "_stopped", "attribute"),
