@@ -9,6 +9,7 @@
 mod decay;
 mod engine;
 mod model;
+mod partition;
 mod replay;
 mod state;
 mod stored;
@@ -108,6 +109,18 @@ struct Kernel {
     model: Arc<Model>,
 }
 
+impl Kernel {
+    /// The state of a `contacts` table value of version 2 under this model's layout, and its
+    /// index at its clock (`project`, `recover`); None for anything else.
+    fn peek(&self, raw: &[u8]) -> Option<(state::State, f64)> {
+        let model = &*self.model;
+        let s = state::decode(&raw[stored::state_offset(raw)?..], "", "", model)?;
+        let stage = &model.lifecycles[0].stages[s.stages[0]];
+        let index = decay::index_of(&s.values, &model.weights[stage.index as usize], model);
+        Some((s, index))
+    }
+}
+
 #[pymethods]
 impl Kernel {
     #[new]
@@ -155,16 +168,40 @@ impl Kernel {
         py: Python<'py>,
         raw: &[u8],
     ) -> PyResult<Option<(Bound<'py, PyTuple>, f64, i64)>> {
-        let model = &*self.model;
-        let Some(at) = stored::state_offset(raw) else {
+        let Some((s, index)) = self.peek(raw) else {
             return Ok(None);
         };
-        let Some(s) = state::decode(&raw[at..], "", "", model) else {
-            return Ok(None);
-        };
-        let stage = &model.lifecycles[0].stages[s.stages[0]];
-        let index = decay::index_of(&s.values, &model.weights[stage.index as usize], model);
         Ok(Some((PyTuple::new(py, &s.stages)?, index, s.last)))
+    }
+
+    /// What the worker's recovery reads of a `contacts` table value of version 2 (no
+    /// account) under `key`, for the due-time index, the stage counts and the segment index:
+    /// (the key's canonical partition among `partitions`, the state's due ms, its stage
+    /// positions, its index at its clock, its last event ms). None where the kernel does not
+    /// take the value, as for `project`: the Python side reads it (and migrates it, or finds
+    /// it undecodable).
+    #[allow(clippy::type_complexity)]
+    fn recover<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+        raw: &[u8],
+        partitions: usize,
+    ) -> PyResult<Option<(usize, Option<i64>, Bound<'py, PyTuple>, f64, i64)>> {
+        if partitions == 0 {
+            return Err(PyValueError::new_err("partitions must be at least 1"));
+        }
+        let Some((s, index)) = self.peek(raw) else {
+            return Ok(None);
+        };
+        let home = partition::canonical_partition(key, partitions);
+        Ok(Some((
+            home,
+            s.due,
+            PyTuple::new(py, &s.stages)?,
+            index,
+            s.last,
+        )))
     }
 
     /// The worker's scorer of whole `contacts` table values (`StoredScorer`), with the

@@ -39,6 +39,7 @@ from engagement_index.core.state import ContactState, decode_state, peek_state
 from engagement_index.core.timestamps import MS_PER_DAY, ms_to_rfc3339
 from engagement_index.errors import BatchWriteError
 from engagement_index.kafka_security import ssl_context
+from engagement_index.kernel import kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.account_agent import AccountAgent
@@ -63,7 +64,7 @@ from engagement_index.stream.scoring import (
     inbound_records,
 )
 from engagement_index.stream.segment_api import SegmentApi
-from engagement_index.stream.segments import SegmentIndex
+from engagement_index.stream.segments import Projection, SegmentIndex
 from engagement_index.stream.stored import StoredContact
 from engagement_index.stream.transaction import (
     TableTransaction,
@@ -435,40 +436,57 @@ class Worker:
         legacy_sources = self.topology.scoring_sources
         stage_counts = self.stage_counts
         partitions = self.topology.scoring_partitions
+        # the kernel reads the values it takes (this model's states, no account) in one call
+        # each: partition, due time, projection; the Python side reads the rest
+        kernel = kernel_for(compiled)
+        labels = [[(lc.name, stage.name) for stage in lc.stages] for lc in compiled.lifecycles]
+        stage_by_id = compiled.stage_by_id
         count = foreign = orphans = 0
         for partition in owned:
             db = store._db_for_partition(partition)
             for raw_key, raw_value in store._visible_items(db):
                 key = bytes(raw_key)
-                migrated = None
+                raw = bytes(raw_value)
+                migrated = stored = projection = None
                 try:
-                    stored = StoredContact.decode(bytes(raw_value), legacy_sources)
-                    due_ms, state_layout, stage_ids = peek_state(stored.state_bytes)
                     contact = ContactKey.decode(key)
-                    if canonical_partition(key, partitions) != partition:
+                    recovered = None if kernel is None else kernel.recover(key, raw, partitions)
+                    if recovered is not None:
+                        home, due_ms, positions, index, last = recovered
+                        projection = Projection(positions, index, last)
+                        stages = list(enumerate(positions))
+                    else:
+                        stored = StoredContact.decode(raw, legacy_sources)
+                        due_ms, state_layout, stage_ids = peek_state(stored.state_bytes)
+                        home = canonical_partition(key, partitions)
+                    if home != partition:
                         # written by a release that kept a contact where its records arrived:
                         # the contact lives on its canonical partition now (docs/topology.md)
                         orphans += 1
                         continue
-                    if state_layout is not layout and state_layout != layout:
-                        # computed under another model: its due time is not this model's.
-                        # Migrated here only to index it; a contact whose stage changes is
-                        # woken at once to publish its model_change (the wake-up migrates it)
-                        foreign += 1
-                        state = decode_state(stored.state_bytes, contact)
-                        migrated, changes = migrate(state, compiled)
-                        stage_ids = migrated.stages
-                        due_ms = 1 if changes else migrated.due_ms
+                    if stored is not None:
+                        if state_layout is not layout and state_layout != layout:
+                            # computed under another model: its due time is not this model's.
+                            # Migrated here only to index it; a contact whose stage changes is
+                            # woken at once to publish its model_change (the wake-up migrates)
+                            foreign += 1
+                            state = decode_state(stored.state_bytes, contact)
+                            migrated, changes = migrate(state, compiled)
+                            stage_ids = migrated.stages
+                            due_ms = 1 if changes else migrated.due_ms
+                        stages = [stage_by_id[stage_id] for stage_id in stage_ids]
                 except Exception:
                     self.metrics.errors.labels(where="recovery").inc()
                     log.exception("undecodable state for a contact in partition %d", partition)
                     continue
                 self.due.set(partition, key, due_ms)
-                self.segments.add(partition, key, stored, migrated)
-                for stage_id in stage_ids:
-                    position, stage = compiled.stage_by_id[stage_id]
-                    lifecycle = compiled.lifecycles[position]
-                    stage_counts[(lifecycle.name, lifecycle.stages[stage].name)] += 1
+                if stored is not None:
+                    self.segments.add(partition, key, stored, migrated)
+                else:
+                    assert projection is not None
+                    self.segments.add_projection(partition, key, projection)
+                for position, stage in stages:
+                    stage_counts[labels[position][stage]] += 1
                 count += 1
                 if count % 10_000 == 0:
                     await asyncio.sleep(0)

@@ -427,9 +427,15 @@ class SegmentIndex:
         state: ContactState | None = None,
     ) -> None:
         """Index one stored contact during a rebuild (``state``: decoded and migrated)."""
-        assert self._rebuild is not None, "add() outside begin_rebuild()/end_rebuild()"
         account_id = None if stored.account is None else stored.account[0]
-        projection = self.project_state(stored.state_bytes, key, state, account_id)
+        self.add_projection(
+            partition, key, self.project_state(stored.state_bytes, key, state, account_id)
+        )
+
+    def add_projection(self, partition: int, key: bytes, projection: Projection) -> None:
+        """Index one contact during a rebuild by its projection (the kernel's, or
+        :meth:`add`'s)."""
+        assert self._rebuild is not None, "add() outside begin_rebuild()/end_rebuild()"
         for k in self._keys(partition, key, projection):
             self._rebuild.put(k, b"")
         self._count(partition, key, projection, 1)

@@ -14,21 +14,26 @@ from __future__ import annotations
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from bench import workload
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from engagement_index.core.events import ContactKey
 from engagement_index.core.model import load_model
 from engagement_index.core.partitioning import canonical_partition
+from engagement_index.core.state import peek_state
 from engagement_index.kernel import KERNEL_ENV, kernel_available, kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.scoring import BatchOutcome, BatchScorer, InboundRecord, encode_tick
 from engagement_index.stream.segment_query import ModelView
 from engagement_index.stream.segments import SegmentIndex
+from engagement_index.stream.stored import StoredContact
 from engagement_index.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -208,3 +213,82 @@ def test_the_kernel_projects_table_values_as_the_python_side_does(
     assert len(values) > 100
     if model.accounts is None:
         assert taken == len(values) - 1, "the kernel takes every version 2 value"
+
+
+@pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_the_kernel_reads_recovered_values_as_the_python_side_does(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the recovery's rebuild reads of every value the workload writes, under keys of
+    every partition count: the kernel's (``Kernel.recover``: partition, due time, projection)
+    against the Python side's (``canonical_partition``, ``peek_state``,
+    ``SegmentIndex.project``), the index through its bytes; the values it does not take are
+    those ``project`` does not take."""
+    assert kernel_available(), "the kernel is built by make setup"
+    values = {
+        (key, value)
+        for out in _run(model_file)
+        for key, (_, value) in out.contact_writes.items()
+        if value is not None
+    }
+    values.add((b"north\x1fc-bad", b"\x02garbage"))
+    model = load_model(model_file)
+    kernel = kernel_for(model.compiled)
+    assert kernel is not None
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    slow = SegmentIndex(
+        tmp_path / "python.db",
+        ModelView.of(model),
+        legacy_sources=TOPOLOGY.scoring_sources,
+        stage_topic=TOPOLOGY.outbound.stage_changes.name,
+        partitions=TOPOLOGY.scoring_partitions,
+        load=lambda _partition, _key: None,
+        overdue=lambda _partition, _at: [],
+    )
+    taken = 0
+    for n, (key, raw) in enumerate(sorted(values)):
+        partitions = 1 + n % 13
+        got = kernel.recover(key, raw, partitions)
+        assert (got is None) == (kernel.project(raw) is None), key
+        if got is None:
+            continue
+        taken += 1
+        home, due_ms, stages, index, last = got
+        projection = slow.project(raw, key)
+        assert projection is not None
+        stored = StoredContact.decode(raw, TOPOLOGY.scoring_sources)
+        assert home == canonical_partition(key, partitions), key
+        assert due_ms == peek_state(stored.state_bytes)[0], key
+        assert (stages, last) == (projection.stages, projection.last_event_ms), key
+        assert struct.pack("<d", index) == struct.pack("<d", projection.index), key
+    assert len(values) > 100
+    if model.accounts is None:
+        assert taken == len(values) - 1, "the kernel takes every version 2 value"
+    with pytest.raises(ValueError, match="at least 1"):
+        kernel.recover(b"k", b"", 0)
+
+
+@pytest.fixture(scope="module")
+def taken_value() -> tuple[Any, bytes]:
+    """The default model's kernel and a table value it takes."""
+    model_file = ROOT / "config" / "models" / "default.yaml"
+    kernel = kernel_for(load_model(model_file).compiled)
+    assert kernel is not None
+    for out in _run(model_file):
+        for _, value in out.contact_writes.values():
+            if value is not None and kernel.project(value) is not None:
+                return kernel, value
+    raise AssertionError("no value the kernel takes")
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=st.binary(max_size=80), partitions=st.integers(1, 1 << 16))
+def test_the_kernel_places_keys_as_canonical_partition(
+    taken_value: tuple[Any, bytes], key: bytes, partitions: int
+) -> None:
+    """The kernel's murmur2 (``Kernel.recover``'s partition) against the Python core's, for
+    any key bytes and partition count."""
+    kernel, raw = taken_value
+    got = kernel.recover(key, raw, partitions)
+    assert got is not None
+    assert got[0] == canonical_partition(key, partitions)
