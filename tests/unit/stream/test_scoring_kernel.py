@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from engagement_index.core.events import ContactKey
-from engagement_index.core.model import load_model
+from engagement_index.core.model import ScoringModel, load_model
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.state import peek_state
 from engagement_index.kernel import KERNEL_ENV, kernel_available, kernel_for
@@ -170,6 +170,32 @@ def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
     assert sum(r.topic == TOPOLOGY.outbound.stage_changes.name for o in fast for r in o.sends)
 
 
+def _written_values(model_file: Path) -> set[tuple[bytes, bytes]]:
+    """Every (key, table value) the workload writes under ``model_file``, and one value that
+    is not a table value."""
+    values = {
+        (key, value)
+        for out in _run(model_file)
+        for key, (_, value) in out.contact_writes.items()
+        if value is not None
+    }
+    values.add((b"north\x1fc-bad", b"\x02garbage"))
+    return values
+
+
+def _segment_index(path: Path, model: ScoringModel) -> SegmentIndex:
+    """A segment index of ``model`` at ``path`` (the kernel's where the environment allows)."""
+    return SegmentIndex(
+        path,
+        ModelView.of(model),
+        legacy_sources=TOPOLOGY.scoring_sources,
+        stage_topic=TOPOLOGY.outbound.stage_changes.name,
+        partitions=TOPOLOGY.scoring_partitions,
+        load=lambda _partition, _key: None,
+        overdue=lambda _partition, _at: [],
+    )
+
+
 @pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
 def test_the_kernel_projects_table_values_as_the_python_side_does(
     model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -178,31 +204,13 @@ def test_the_kernel_projects_table_values_as_the_python_side_does(
     workload writes: the kernel's (``Kernel.project``) against the Python side's, the index
     compared through its bytes; values the kernel does not take (accounts) agree too."""
     assert kernel_available(), "the kernel is built by make setup"
-    values = {
-        (key, value)
-        for out in _run(model_file)
-        for key, (_, value) in out.contact_writes.items()
-        if value is not None
-    }
-    values.add((b"north\x1fc-bad", b"\x02garbage"))
+    values = _written_values(model_file)
     model = load_model(model_file)
-
-    def index(name: str) -> SegmentIndex:
-        return SegmentIndex(
-            tmp_path / name,
-            ModelView.of(model),
-            legacy_sources=TOPOLOGY.scoring_sources,
-            stage_topic=TOPOLOGY.outbound.stage_changes.name,
-            partitions=TOPOLOGY.scoring_partitions,
-            load=lambda _partition, _key: None,
-            overdue=lambda _partition, _at: [],
-        )
-
-    fast = index("kernel.db")
+    fast = _segment_index(tmp_path / "kernel.db", model)
     kernel = kernel_for(model.compiled)
     assert kernel is not None
     monkeypatch.setenv(KERNEL_ENV, "python")
-    slow = index("python.db")
+    slow = _segment_index(tmp_path / "python.db", model)
     taken = 0
     for key, raw in sorted(values):
         a, b = fast.project(raw, key), slow.project(raw, key)
@@ -225,26 +233,12 @@ def test_the_kernel_reads_recovered_values_as_the_python_side_does(
     ``SegmentIndex.project``), the index through its bytes; the values it does not take are
     those ``project`` does not take."""
     assert kernel_available(), "the kernel is built by make setup"
-    values = {
-        (key, value)
-        for out in _run(model_file)
-        for key, (_, value) in out.contact_writes.items()
-        if value is not None
-    }
-    values.add((b"north\x1fc-bad", b"\x02garbage"))
+    values = _written_values(model_file)
     model = load_model(model_file)
     kernel = kernel_for(model.compiled)
     assert kernel is not None
     monkeypatch.setenv(KERNEL_ENV, "python")
-    slow = SegmentIndex(
-        tmp_path / "python.db",
-        ModelView.of(model),
-        legacy_sources=TOPOLOGY.scoring_sources,
-        stage_topic=TOPOLOGY.outbound.stage_changes.name,
-        partitions=TOPOLOGY.scoring_partitions,
-        load=lambda _partition, _key: None,
-        overdue=lambda _partition, _at: [],
-    )
+    slow = _segment_index(tmp_path / "python.db", model)
     taken = 0
     for n, (key, raw) in enumerate(sorted(values)):
         partitions = 1 + n % 13
