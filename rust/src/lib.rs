@@ -11,6 +11,7 @@ mod engine;
 mod model;
 mod partition;
 mod replay;
+mod segments;
 mod state;
 mod stored;
 
@@ -202,6 +203,104 @@ impl Kernel {
             index,
             s.last,
         )))
+    }
+
+    /// The segment index's difference for a batch's `contacts` writes
+    /// (`SegmentIndex.apply`): items of (partition, key, the value the batch loaded or None,
+    /// the value it wrote or None), the two values not equal. Returns (the index keys to
+    /// delete, the index keys to put, the stage moves as (item position, old stage positions
+    /// or None, new ones or None), the positions of the items the kernel does not take). An
+    /// item is not taken where a value is not one `project` takes (another layout, an
+    /// account, undecodable): the Python side projects both of its values. A move is given
+    /// only where the stages changed: a contact that stays in its stages leaves the counts
+    /// as they are (the Python side takes it out and puts it back).
+    #[allow(clippy::type_complexity)]
+    fn index_changes<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyList>,
+    ) -> PyResult<(
+        Bound<'py, PyList>,
+        Bound<'py, PyList>,
+        Bound<'py, PyList>,
+        Bound<'py, PyList>,
+    )> {
+        let model = &*self.model;
+        let deletes = PyList::empty(py);
+        let puts = PyList::empty(py);
+        let moves = PyList::empty(py);
+        let rest = PyList::empty(py);
+        let lifecycles = model.lifecycles.len();
+        for (position, item) in items.iter().enumerate() {
+            let item = item.downcast_into::<PyTuple>()?;
+            let partition: u16 = item.get_borrowed_item(0)?.extract()?;
+            let key = item.get_borrowed_item(1)?;
+            let key = key.downcast::<PyBytes>()?.as_bytes();
+            let mut peeked = [None, None];
+            let mut taken = true;
+            for (side, slot) in peeked.iter_mut().enumerate() {
+                let value = item.get_borrowed_item(2 + side)?;
+                if value.is_none() {
+                    continue;
+                }
+                match self.peek(value.downcast::<PyBytes>()?.as_bytes()) {
+                    Some(found) if found.0.stages.len() == lifecycles => *slot = Some(found),
+                    _ => taken = false,
+                }
+            }
+            if !taken {
+                rest.append(position)?;
+                continue;
+            }
+            let projections = peeked.each_ref().map(|side| {
+                side.as_ref().map(|(s, index)| segments::Projection {
+                    stages: &s.stages,
+                    index: *index,
+                    last_event_ms: s.last,
+                })
+            });
+            let [old, new] = &projections;
+            let same = match (old, new) {
+                (Some(a), Some(b)) => {
+                    a.stages == b.stages && a.index == b.index && a.last_event_ms == b.last_event_ms
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            let old_keys = old
+                .as_ref()
+                .map_or_else(Vec::new, |p| segments::keys(model, partition, key, p));
+            let new_keys = new
+                .as_ref()
+                .map_or_else(Vec::new, |p| segments::keys(model, partition, key, p));
+            for k in &old_keys {
+                if !new_keys.contains(k) {
+                    deletes.append(PyBytes::new(py, k))?;
+                }
+            }
+            for k in &new_keys {
+                if !old_keys.contains(k) {
+                    puts.append(PyBytes::new(py, k))?;
+                }
+            }
+            let stages_of = |p: &Option<segments::Projection<'_>>| -> PyResult<PyObject> {
+                Ok(match p {
+                    Some(p) => PyTuple::new(py, p.stages)?.into_any().unbind(),
+                    None => py.None(),
+                })
+            };
+            let moved = match (old, new) {
+                (Some(a), Some(b)) => a.stages != b.stages,
+                _ => true,
+            };
+            if moved {
+                moves.append((position, stages_of(old)?, stages_of(new)?))?;
+            }
+        }
+        Ok((deletes, puts, moves, rest))
     }
 
     /// The worker's scorer of whole `contacts` table values (`StoredScorer`), with the

@@ -26,6 +26,14 @@ class Kernel:
     def step_stored(
         self, items: Sequence[tuple[bytes | None, Event, float, float]]
     ) -> list[StoredOutcome]: ...
+    def index_changes(
+        self, items: Sequence[tuple[int, bytes, bytes | None, bytes | None]]
+    ) -> tuple[
+        list[bytes],
+        list[bytes],
+        list[tuple[int, tuple[int, ...] | None, tuple[int, ...] | None]],
+        list[int],
+    ]: ...
 
 #: a transition of ``StoredScorer.score``: JSON bytes, lifecycle, from stage, to stage, reason
 TransitionRecord = tuple[bytes, str, str | None, str, str]

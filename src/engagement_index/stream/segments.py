@@ -321,13 +321,14 @@ class SegmentIndex:
             out.append(base + b"a" + by_time + contact)
         return out
 
-    def _count(self, partition: int, key: bytes, projection: Projection, delta: int) -> None:
+    def _count(self, partition: int, key: bytes, stages: Sequence[int], delta: int) -> None:
+        """Add ``delta`` to the counts of a contact's ``stages`` (a position per lifecycle)."""
         tenant = key.partition(SEP)[0].decode("ascii")
         per_tenant = self.counts.setdefault(partition, {})
         counts = per_tenant.get(tenant)
         if counts is None:
             counts = per_tenant[tenant] = Counter()
-        for lifecycle, stage in enumerate(projection.stages):
+        for lifecycle, stage in enumerate(stages):
             counts[(lifecycle, stage)] += delta
 
     # --------------------------------------------------------------------- batch
@@ -348,14 +349,45 @@ class SegmentIndex:
         """
         db = self._open()
         batch = WriteBatch(raw_mode=True)
-        changed = False
         partition_of_key: dict[bytes, int] = {}
+        changes: list[tuple[int, bytes, bytes | None, bytes | None]] = []
         for key, (index, new_raw) in writes.items():
             partition = partition_of(index)
             partition_of_key[key] = partition
             old_raw = loaded.get(key)
-            if old_raw == new_raw:
-                continue
+            if old_raw != new_raw:
+                changes.append((partition, key, old_raw, new_raw))
+        changed = self._write_changes(batch, changes)
+        if changed:
+            db.write(batch)
+        self._recent = {
+            key: (partition, due) for key, (partition, due) in due_updates.items() if due
+        }
+        self._count_transitions(sends, partition_of_key, now_ms)
+
+    def _write_changes(
+        self, batch: WriteBatch, changes: Sequence[tuple[int, bytes, bytes | None, bytes | None]]
+    ) -> bool:
+        """Put the index keys of ``changes`` ((partition, key, value before, value after)) into
+        ``batch`` and count the stage moves; True if anything may have changed. The kernel
+        does the values it takes in one call (``Kernel.index_changes``), the Python side the
+        rest, with the same keys and counts."""
+        changed = False
+        if self._kernel is not None and changes:
+            deletes, puts, moves, rest = self._kernel.index_changes(changes)
+            for k in deletes:
+                batch.delete(k)
+            for k in puts:
+                batch.put(k, b"")
+            for position, old_stages, new_stages in moves:
+                partition, key = changes[position][:2]
+                if old_stages is not None:
+                    self._count(partition, key, old_stages, -1)
+                if new_stages is not None:
+                    self._count(partition, key, new_stages, 1)
+            changed = bool(deletes or puts or moves)
+            changes = [changes[position] for position in rest]
+        for partition, key, old_raw, new_raw in changes:
             old = self.project(old_raw, key)
             new = self.project(new_raw, key)
             if old == new:
@@ -370,16 +402,11 @@ class SegmentIndex:
                 if k not in keep:
                     batch.put(k, b"")
             if old is not None:
-                self._count(partition, key, old, -1)
+                self._count(partition, key, old.stages, -1)
             if new is not None:
-                self._count(partition, key, new, 1)
+                self._count(partition, key, new.stages, 1)
             changed = True
-        if changed:
-            db.write(batch)
-        self._recent = {
-            key: (partition, due) for key, (partition, due) in due_updates.items() if due
-        }
-        self._count_transitions(sends, partition_of_key, now_ms)
+        return changed
 
     def _count_transitions(
         self, sends: Iterable[Any], partition_of_key: Mapping[bytes, int], now_ms: int
@@ -438,7 +465,7 @@ class SegmentIndex:
         assert self._rebuild is not None, "add() outside begin_rebuild()/end_rebuild()"
         for k in self._keys(partition, key, projection):
             self._rebuild.put(k, b"")
-        self._count(partition, key, projection, 1)
+        self._count(partition, key, projection.stages, 1)
         self._rebuild_pending += 1
         if self._rebuild_pending >= _REBUILD_BATCH:
             self._open().write(self._rebuild)

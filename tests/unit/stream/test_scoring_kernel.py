@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -260,6 +260,71 @@ def test_the_kernel_reads_recovered_values_as_the_python_side_does(
         assert taken == len(values) - 1, "the kernel takes every version 2 value"
     with pytest.raises(ValueError, match="at least 1"):
         kernel.recover(b"k", b"", 0)
+
+
+def _index_contents(index: SegmentIndex) -> tuple[list[bytes], dict[int, dict[str, Any]]]:
+    """Every key of ``index``'s database, and its stage counts (as dicts: a ``Counter``
+    compares a zero count equal to none)."""
+    keys = cast(list[bytes], list(index._open().keys()))
+    counts = {
+        partition: {tenant: dict(counter) for tenant, counter in tenants.items()}
+        for partition, tenants in index.counts.items()
+    }
+    return keys, counts
+
+
+@pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_the_kernel_keeps_the_segment_index_as_the_python_side_does(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SegmentIndex.apply`` over every batch the workload writes (new contacts, stage
+    moves, erasures, re-deliveries), with values the kernel does not take mixed in (not a
+    table value, before and after; a key without a separator): the index keys and the stage
+    counts after each batch, with the kernel (``Kernel.index_changes``) and without."""
+    assert kernel_available(), "the kernel is built by make setup"
+    model = load_model(model_file)
+    outcomes = _run(model_file)
+    fast = _segment_index(tmp_path / "kernel.db", model)
+    assert fast._kernel is not None
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    slow = _segment_index(tmp_path / "python.db", model)
+    partitions = TOPOLOGY.scoring_partitions
+    for index in (fast, slow):
+        index.begin_rebuild(range(partitions), NOW)
+        index.end_rebuild()
+    table: dict[bytes, bytes] = {}
+    garbage = b"\x02garbage"
+    moved = 0
+    for n, out in enumerate(outcomes):
+        writes = {key: value for key, (_, value) in sorted(out.contact_writes.items())}
+        if n % 3 == 1:  # a value nothing takes, then a real one under the same key
+            writes[b"north\x1fc-bad"] = garbage if n % 2 else table.get(b"north\x1fc-ok")
+            writes[b"no-separator"] = table.get(next(iter(table))) if table else None
+        loaded = {key: table.get(key) for key in writes}
+        keys = list(writes)
+        positions = {key: (position, writes[key]) for position, key in enumerate(keys)}
+        placed = [canonical_partition(key, partitions) for key in keys]
+        for index in (fast, slow):
+            index.apply(positions, loaded, placed.__getitem__, (), {}, NOW)
+        assert _index_contents(fast) == _index_contents(slow), f"batch {n}"
+        moved += sum(
+            1
+            for key in keys
+            if loaded[key] is not None
+            and writes[key] is not None
+            and (a := slow.project(loaded[key], key)) is not None
+            and (b := slow.project(writes[key], key)) is not None
+            and a.stages != b.stages
+        )
+        for key, value in writes.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        if n == 0:
+            table[b"north\x1fc-ok"] = next(v for k, v in table.items() if b"\x1f" in k)
+    assert len(_index_contents(fast)[0]) > 100
+    assert moved > 0, "some contact moved between stages"
 
 
 @pytest.fixture(scope="module")
