@@ -104,6 +104,76 @@ fn transition_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, t: &Transiti
     out.extend_from_slice(b"}\n");
 }
 
+/// `ContactSnapshot.to_json_bytes()` of a snapshot (orjson's bytes of the dict
+/// `Contacts::snapshot_dict` makes, keys in the same order).
+fn snapshot_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, snap: &Snapshot) {
+    use replay::{write_f64, write_str};
+    let int = |out: &mut Vec<u8>, v: i64| out.extend_from_slice(v.to_string().as_bytes());
+    out.extend_from_slice(b"{\"tenant\":");
+    write_str(out, &s.tenant);
+    out.extend_from_slice(b",\"contact_id\":");
+    write_str(out, &s.contact_id);
+    out.extend_from_slice(b",\"stage\":");
+    write_str(out, &cm.lifecycles[0].stages[snap.stage].name);
+    out.extend_from_slice(b",\"half\":");
+    write_str(out, &cm.index_names[snap.half]);
+    out.extend_from_slice(b",\"index\":");
+    write_f64(out, snap.index);
+    out.extend_from_slice(b",\"components\":{");
+    for (i, (name, &v)) in cm.names.iter().zip(&snap.components).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_f64(out, v);
+    }
+    out.extend_from_slice(b"},\"customer\":");
+    out.extend_from_slice(if snap.customer { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"first_seen_at\":");
+    write_str(out, &rfc3339(snap.first_seen_ms));
+    out.extend_from_slice(b",\"last_event_at\":");
+    write_str(out, &rfc3339(snap.last_event_ms));
+    out.extend_from_slice(b",\"events_counted\":");
+    out.extend_from_slice(snap.events_counted.to_string().as_bytes());
+    for (name, days) in [
+        (&b",\"active_days_7d\":"[..], snap.active[0]),
+        (b",\"active_days_30d\":", snap.active[1]),
+        (b",\"active_days_90d\":", snap.active[2]),
+    ] {
+        out.extend_from_slice(name);
+        int(out, i64::from(days));
+    }
+    out.extend_from_slice(b",\"model_version\":");
+    write_str(out, &cm.version);
+    out.extend_from_slice(b",\"evaluated_at\":");
+    write_str(out, &rfc3339(snap.at));
+    out.extend_from_slice(b",\"lifecycles\":{");
+    for (i, (lc, &(stage, entered))) in cm.lifecycles.iter().zip(&snap.lifecycles).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, &lc.name);
+        out.extend_from_slice(b":{\"stage\":");
+        write_str(out, &lc.stages[stage].name);
+        out.extend_from_slice(b",\"entered_at\":");
+        write_str(out, &rfc3339(entered));
+        out.extend_from_slice(b",\"in_stage_ms\":");
+        int(out, snap.at - entered);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"},\"markers\":{");
+    for (i, &(m, at)) in snap.markers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, &cm.markers[m]);
+        out.push(b':');
+        write_str(out, &rfc3339(at));
+    }
+    out.extend_from_slice(b"}}");
+}
+
 /// A compiled model, handed over once (the JSON of `engagement_index.kernel.model_blob`).
 #[pyclass(module = "engagement_index._kernel", frozen)]
 struct Kernel {
@@ -385,7 +455,7 @@ struct StoredScorer {
 /// `StoredScorer.score`'s answer for an applied event: (1 for an event id the window holds,
 /// 2 for an applied event; the new table value; its published index; due ms; clock ms; the
 /// clock of the state it started from, None for a new contact; where the core-state bytes
-/// start in the value; transitions or None; the snapshot dict or None).
+/// start in the value; transitions or None; the snapshot's JSON bytes or None).
 type Scored<'py> = (
     u8,
     Bound<'py, PyBytes>,
@@ -407,7 +477,8 @@ impl StoredScorer {
     /// Returns None where the value or its state is not one the kernel takes (the caller
     /// uses the Python side), 0 for a redelivered record (its offset is at or below the
     /// stored one: nothing changed), an error message (`str`), or a `Scored` tuple; a
-    /// transition is (its JSON bytes, lifecycle, from stage or None, to stage, reason).
+    /// transition is (its JSON bytes, lifecycle, from stage or None, to stage, reason), the
+    /// snapshot its JSON bytes (`ContactSnapshot.to_json_bytes()`).
     #[pyo3(signature = (stored, published, fields, record))]
     fn score<'py>(
         &self,
@@ -511,10 +582,9 @@ impl StoredScorer {
             let at = work.s.clock;
             let snap = work.evaluate(at).map_err(PyRuntimeError::new_err)?;
             published = snap.index;
-            self.view
-                .snapshot_dict(py, &work.s, &snap)?
-                .into_any()
-                .unbind()
+            let mut payload = Vec::with_capacity(1024);
+            snapshot_json(model, &mut payload, &work.s, &snap);
+            PyBytes::new(py, &payload).into_any().unbind()
         } else {
             py.None()
         };

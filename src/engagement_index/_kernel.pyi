@@ -38,7 +38,7 @@ class Kernel:
 #: a transition of ``StoredScorer.score``: JSON bytes, lifecycle, from stage, to stage, reason
 TransitionRecord = tuple[bytes, str, str | None, str, str]
 #: (1 duplicate id / 2 applied, table value, published index, due ms, clock ms, the clock
-#: it started from, where the state bytes start, transitions, snapshot)
+#: it started from, where the state bytes start, transitions, the snapshot's JSON)
 Scored = tuple[
     int,
     bytes,
@@ -48,7 +48,7 @@ Scored = tuple[
     int | None,
     int,
     list[TransitionRecord] | None,
-    dict[str, Any] | None,
+    bytes | None,
 ]
 
 class StoredScorer:

@@ -710,7 +710,7 @@ class BatchScorer:
             if transitions:
                 self._send_transition_records(batch, index, key, transitions)
             if snapshot is not None:
-                self._send_snapshot(batch, key, orjson.dumps(snapshot))
+                self._send_snapshot(batch, key, snapshot)
             entry.set_value(data, state_at, (clock_ms, before))
         else:
             entry.set_bookkeeping(data, state_at)
