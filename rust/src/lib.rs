@@ -374,13 +374,30 @@ impl Kernel {
     }
 
     /// The worker's scorer of whole `contacts` table values (`StoredScorer`), with the
-    /// duplicate window (ms) and the score step of its settings.
-    fn stored_scorer(&self, window_ms: i64, score_step: f64) -> StoredScorer {
-        StoredScorer {
+    /// duplicate window (ms) and the score step of its settings, and what `route` checks:
+    /// (the largest record value in bytes, the oldest and the farthest future event time
+    /// from now in ms, the scoring partitions).
+    fn stored_scorer(
+        &self,
+        window_ms: i64,
+        score_step: f64,
+        limits: (usize, i64, i64, usize),
+    ) -> PyResult<StoredScorer> {
+        let (max_bytes, max_age_ms, max_future_ms, partitions) = limits;
+        if partitions == 0 {
+            return Err(PyValueError::new_err("partitions must be at least 1"));
+        }
+        Ok(StoredScorer {
             view: Contacts::empty(self.model.clone()),
             window: window_ms,
             score_step,
-        }
+            limits: Limits {
+                max_bytes,
+                max_age_ms,
+                max_future_ms,
+                partitions,
+            },
+        })
     }
 
     /// Fold events into stored states, the worker's form: items (stored state bytes or None
@@ -450,6 +467,15 @@ struct StoredScorer {
     view: Contacts,
     window: i64,
     score_step: f64,
+    limits: Limits,
+}
+
+/// What `StoredScorer.route` checks a record against (the worker's settings).
+struct Limits {
+    max_bytes: usize,
+    max_age_ms: i64,
+    max_future_ms: i64,
+    partitions: usize,
 }
 
 /// `StoredScorer.score`'s answer for an applied event: (1 for an event id the window holds,
@@ -470,6 +496,62 @@ type Scored<'py> = (
 
 #[pymethods]
 impl StoredScorer {
+    /// The event fields of a record the worker scores as it stands (the tuple `score`
+    /// takes), or None for any other: `value` on the decode's fast path (`event_fields`) and
+    /// no longer than the limit, a type the model scores, an event time within the window
+    /// around `now_ms`, `key` the contact's key and `partition` its canonical partition. The
+    /// Python side decides every record this does not take (it rejects, re-keys or forwards
+    /// it, or scores it as well).
+    #[pyo3(signature = (value, key, partition, now_ms))]
+    fn route<'py>(
+        &self,
+        py: Python<'py>,
+        value: &[u8],
+        key: Option<&[u8]>,
+        partition: usize,
+        now_ms: i64,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let limits = &self.limits;
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        if value.len() > limits.max_bytes {
+            return Ok(None);
+        }
+        let Some(f) = replay::fast_fields(value) else {
+            return Ok(None);
+        };
+        if !self
+            .view
+            .model
+            .rule_by_type
+            .contains_key(f.event_type.as_ref())
+        {
+            return Ok(None);
+        }
+        let (now, ts) = (i128::from(now_ms), i128::from(f.ts));
+        if ts < now - i128::from(limits.max_age_ms) || ts > now + i128::from(limits.max_future_ms) {
+            return Ok(None);
+        }
+        let (tenant, contact_id) = (f.tenant.as_bytes(), f.contact_id.as_bytes());
+        if key.len() != tenant.len() + 1 + contact_id.len()
+            || &key[..tenant.len()] != tenant
+            || key[tenant.len()] != 0x1f
+            || &key[tenant.len() + 1..] != contact_id
+            || partition::canonical_partition(key, limits.partitions) != partition
+        {
+            return Ok(None);
+        }
+        let fields = (
+            f.event_id.as_ref(),
+            f.tenant.as_ref(),
+            f.contact_id.as_ref(),
+            f.event_type.as_ref(),
+            f.ts,
+        );
+        Ok(Some(fields.into_pyobject(py)?))
+    }
+
     /// One event: `stored` the contact's table value (None: a new contact); `published` its
     /// published index where the caller holds it (None: the value's own); `fields` the event
     /// as `Kernel.step_stored` takes it; `record` (source id, offset, arrival ms).

@@ -17,7 +17,9 @@ ChunkResult = tuple[int, bool, bytes, int, int, int, int, int | None, int]
 class Kernel:
     def __init__(self, blob: str) -> None: ...
     def contacts(self) -> Contacts: ...
-    def stored_scorer(self, window_ms: int, score_step: float) -> StoredScorer: ...
+    def stored_scorer(
+        self, window_ms: int, score_step: float, limits: tuple[int, int, int, int]
+    ) -> StoredScorer: ...
     def project(self, raw: bytes) -> tuple[tuple[int, ...], float, int] | None: ...
     def event_fields(self, value: bytes) -> tuple[str, str, str, str, int] | None: ...
     def recover(
@@ -52,11 +54,14 @@ Scored = tuple[
 ]
 
 class StoredScorer:
+    def route(
+        self, value: bytes, key: bytes | None, partition: int, now_ms: int
+    ) -> tuple[str, str, str, str, int] | None: ...
     def score(
         self,
         stored: bytes | None,
         published: float | None,
-        fields: Event,
+        fields: Event | tuple[str, str, str, str, int],
         record: tuple[int, int, int],
     ) -> Scored | int | str | None: ...
 

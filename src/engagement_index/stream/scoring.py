@@ -115,6 +115,10 @@ class BatchOutcome:
 _REPLACED = OutboundRecord("", None, None)
 #: ``StoredScorer.score``'s code of an applied event (1: an event id the window holds)
 _SCORED = 2
+#: the fields ``StoredScorer.route`` gives: event id, tenant, contact id, type, timestamp ms
+RoutedFields = tuple[str, str, str, str, int]
+#: a time window's bound beyond any event time (the settings allow larger ones)
+_FAR_MS = 1 << 62
 
 
 def inbound_records(messages: Sequence[Any]) -> list[InboundRecord]:
@@ -240,11 +244,19 @@ class BatchScorer:
         self.identity = IdentityMerge(self)
         #: the kernel's scorer of whole table values (None: the kernel is not used, or the
         #: model has accounts, whose values the Python side keeps)
+        limits = (
+            self._max_record_bytes,
+            min(self._max_age_ms, _FAR_MS),
+            min(self._max_future_ms, _FAR_MS),
+            self._partitions,
+        )
         self._stored_scorer = (
-            self._kernel.stored_scorer(self._dedupe_window_ms, settings.score_step)
+            self._kernel.stored_scorer(self._dedupe_window_ms, settings.score_step, limits)
             if self._kernel is not None and self._members is None
             else None
         )
+        #: the kernel's check that a record is scored as it stands (see :meth:`_process_one`)
+        self._route = self._stored_scorer.route if self._stored_scorer is not None else None
         #: the kernel's decode of a record value on its fast path (None: not used; it does
         #: not read account ids, so models with accounts decode in Python)
         self._kernel_fields = (
@@ -372,6 +384,14 @@ class BatchScorer:
                 out, record, FailureType.SCHEMA_VIOLATION, "record has no value", now_ms
             )
             return "dead_lettered"
+        if self._route is not None:
+            # the kernel's fast path: a valid event of a type the model scores, in the time
+            # window, keyed and placed as its contact (the checks below, in one call)
+            routed = self._route(value, record.key, record.partition, now_ms)
+            if routed is not None:
+                outcome = self._score_routed(batch, index, record, routed)
+                if outcome is not None:
+                    return outcome
         try:
             decoded = (
                 self._kernel_fields(value)
@@ -470,6 +490,21 @@ class BatchScorer:
         entry.offsets[source] = record.offset
         self._keep(batch, index, record, (key, entry, fields.timestamp_ms))
         return "duplicate" if duplicate else "scored"
+
+    def _score_routed(
+        self, batch: _Batch, index: int, record: InboundRecord, fields: RoutedFields
+    ) -> str | None:
+        """A record :attr:`_route` took, scored by the kernel as :meth:`_process_one` does
+        (its key is the contact's); None where the kernel does not take the stored value."""
+        key = record.key
+        assert key is not None
+        entry = self._load(batch, key, index)
+        if entry is None:
+            redirected = self.identity.redirect(batch, index, record, key)
+            if redirected is not None:
+                return redirected
+        source = self._source_index[record.topic]
+        return self._kernel_score(batch, index, record, entry, (key, fields, source))
 
     @staticmethod
     def _keep(
@@ -679,7 +714,7 @@ class BatchScorer:
         index: int,
         record: InboundRecord,
         entry: _Entry | None,
-        event: tuple[bytes, EventFields, int],
+        event: tuple[bytes, EventFields | RoutedFields, int],
     ) -> str | None:
         """One event of a checked, routed record on the contact's whole table value, by the
         kernel (``StoredScorer.score``): the redelivery check, the duplicate window, ``step``
@@ -715,7 +750,7 @@ class BatchScorer:
         else:
             entry.set_bookkeeping(data, state_at)
         entry._published = published
-        self._keep(batch, index, record, (key, entry, fields.timestamp_ms))
+        self._keep(batch, index, record, (key, entry, fields[4]))  # the timestamp
         return "scored" if code == _SCORED else "duplicate"
 
     def _dead_letter(

@@ -23,10 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from engagement_index.core.events import ContactKey
+from engagement_index.core.events import ContactKey, parse_event_fields
 from engagement_index.core.model import ScoringModel, load_model
 from engagement_index.core.partitioning import canonical_partition
 from engagement_index.core.state import peek_state
+from engagement_index.core.timestamps import ms_to_rfc3339
+from engagement_index.errors import EventRejected
 from engagement_index.kernel import KERNEL_ENV, kernel_available, kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
@@ -325,6 +327,122 @@ def test_the_kernel_keeps_the_segment_index_as_the_python_side_does(
             table[b"north\x1fc-ok"] = next(v for k, v in table.items() if b"\x1f" in k)
     assert len(_index_contents(fast)[0]) > 100
     assert moved > 0, "some contact moved between stages"
+
+
+ROUTE_SETTINGS = Settings(max_record_bytes=1024, max_future_seconds=300, max_age_days=400)
+_AGE_MS = 400 * 86_400_000
+_FUTURE_MS = 300_000
+
+
+def _python_route(
+    model: ScoringModel, value: bytes, key: bytes | None, partition: int
+) -> tuple[str, str, str, str, int] | None:
+    """The Python side's checks of a record before it is scored (``BatchScorer._process_one``
+    up to the kernel call), written out: the fields if it is scored as it stands."""
+    if key is None or len(value) > ROUTE_SETTINGS.max_record_bytes:
+        return None
+    try:
+        fields = parse_event_fields(value, max_bytes=ROUTE_SETTINGS.max_record_bytes)
+    except EventRejected:
+        return None
+    if fields.type not in model.compiled.rules:
+        return None
+    if not NOW - _AGE_MS <= fields.timestamp_ms <= NOW + _FUTURE_MS:
+        return None
+    own = ContactKey(fields.tenant, fields.contact_id).encode()
+    if own != key or canonical_partition(own, TOPOLOGY.scoring_partitions) != partition:
+        return None
+    return fields.event_id, fields.tenant, fields.contact_id, fields.type, fields.timestamp_ms
+
+
+@pytest.fixture(scope="module")
+def route_scorer() -> tuple[ScoringModel, Any, Any]:
+    """The default model, its kernel's ``StoredScorer.route`` under :data:`ROUTE_SETTINGS`,
+    and the kernel."""
+    model = load_model(ROOT / "config" / "models" / "default.yaml")
+    scorer = BatchScorer(
+        model=model,
+        topology=TOPOLOGY,
+        settings=ROUTE_SETTINGS,
+        metrics=Metrics(CollectorRegistry()),
+        clock_ms=lambda: NOW,
+    )
+    assert scorer._route is not None, "the kernel is built by make setup"
+    return model, scorer._route, kernel_for(model.compiled)
+
+
+_EDGES = [
+    -_AGE_MS - 1,
+    -_AGE_MS,
+    -_AGE_MS + 1,
+    -1,
+    0,
+    1,
+    _FUTURE_MS - 1,
+    _FUTURE_MS,
+    _FUTURE_MS + 1,
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    tenant=st.sampled_from(["north", "t-1", "bad tenant", ""]),
+    contact=st.text(min_size=0, max_size=20),
+    event_type=st.sampled_from(["email.open", "web.page_view", "commerce.purchase", "no.such"]),
+    offset_ms=st.one_of(st.sampled_from(_EDGES), st.integers(-(2**45), 2**45)),
+    padding=st.sampled_from([0, 10, 900, 1100]),
+    key_kind=st.sampled_from(["own", "own", "none", "other", "longer", "separator"]),
+    placed=st.sampled_from(["home", "home", "other"]),
+)
+def test_route_takes_exactly_the_records_the_python_side_scores_as_they_stand(
+    route_scorer: tuple[ScoringModel, Any, Any],
+    tenant: str,
+    contact: str,
+    event_type: str,
+    offset_ms: int,
+    padding: int,
+    key_kind: str,
+    placed: str,
+) -> None:
+    """``StoredScorer.route`` against the Python side's checks (:func:`_python_route`):
+    records at the time window's edges, too long, of types the model does not score, keyed
+    or placed elsewhere, invalid. What it takes, the Python side takes with the same fields;
+    it leaves to the Python side only what the Python side would refuse, and values the
+    kernel's decode does not take (``Kernel.event_fields``)."""
+    model, route, kernel = route_scorer
+    event: dict[str, Any] = {
+        "event_id": f"e-{offset_ms}",
+        "tenant": tenant,
+        "contact_id": contact,
+        "type": event_type,
+        "timestamp": ms_to_rfc3339(max(-62_135_596_800_000, NOW + offset_ms)),
+    }
+    if padding:
+        event["properties"] = {"note": "x" * padding}
+    value = orjson.dumps(event)
+    own = tenant.encode() + b"\x1f" + contact.encode("utf-8", "surrogatepass")
+    keys = {"own": own, "none": None, "other": b"north\x1fsomeone", "longer": own + b"!"}
+    keys["separator"] = own.replace(b"\x1f", b"\x1e", 1)  # another byte in its place
+    key = keys[key_kind]
+    home = canonical_partition(key or b"", TOPOLOGY.scoring_partitions)
+    partition = home if placed == "home" else (home + 1) % TOPOLOGY.scoring_partitions
+    got = route(value, key, partition, NOW)
+    expected = _python_route(model, value, key, partition)
+    if got is None and expected is not None:
+        assert kernel.event_fields(value) is None, "left a record the kernel's decode takes"
+    else:
+        assert got == expected
+
+
+def test_route_takes_a_plain_event(route_scorer: tuple[ScoringModel, Any, Any]) -> None:
+    """The common case is the kernel's: an event keyed and placed as its contact."""
+    model, route, _ = route_scorer
+    value = orjson.dumps({"event_id": "e-1", "tenant": "north", "contact_id": "c-1",
+                          "type": "email.open", "timestamp": ms_to_rfc3339(NOW - 5)})  # fmt: skip
+    key = b"north\x1fc-1"
+    home = canonical_partition(key, TOPOLOGY.scoring_partitions)
+    expected = ("e-1", "north", "c-1", "email.open", NOW - 5)
+    assert route(value, key, home, NOW) == expected == _python_route(model, value, key, home)
 
 
 @pytest.fixture(scope="module")
