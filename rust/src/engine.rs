@@ -57,10 +57,12 @@ pub fn transition_id(parts: &[Option<&str>]) -> String {
         }
         hasher.update(p.unwrap_or("\x00").as_bytes());
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = hasher.finalize();
     let mut out = String::with_capacity(32);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }
@@ -704,6 +706,13 @@ pub fn active_days_between(s: &State, at_ms: i64, days: i64) -> u32 {
 
 /// ``ms_to_rfc3339``: RFC 3339 in UTC with three fraction digits.
 pub fn rfc3339(ms: i64) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339(&mut out, ms);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// [`rfc3339`] appended to `out` (years 0 to 9999 written digit by digit, others formatted).
+pub fn write_rfc3339(out: &mut Vec<u8>, ms: i64) {
     let day = ms.div_euclid(MS_PER_DAY);
     let rest = ms.rem_euclid(MS_PER_DAY);
     // days to civil (H. Hinnant's algorithm)
@@ -722,5 +731,36 @@ pub fn rfc3339(ms: i64) -> String {
     let (seconds, millis) = (rest / 1000, rest % 1000);
     let (minutes, second) = (seconds / 60, seconds % 60);
     let (hour, minute) = (minutes / 60, minutes % 60);
-    format!("{y:04}-{m:02}-{d:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
+    if !(0..=9999).contains(&y) {
+        let text = format!("{y:04}-{m:02}-{d:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z");
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let digit = |v: i64| b'0' + v as u8;
+    out.extend_from_slice(&[
+        digit(y / 1000),
+        digit(y / 100 % 10),
+        digit(y / 10 % 10),
+        digit(y % 10),
+        b'-',
+        digit(m / 10),
+        digit(m % 10),
+        b'-',
+        digit(d / 10),
+        digit(d % 10),
+        b'T',
+        digit(hour / 10),
+        digit(hour % 10),
+        b':',
+        digit(minute / 10),
+        digit(minute % 10),
+        b':',
+        digit(second / 10),
+        digit(second % 10),
+        b'.',
+        digit(millis / 100),
+        digit(millis / 10 % 10),
+        digit(millis % 10),
+        b'Z',
+    ]);
 }

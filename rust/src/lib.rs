@@ -15,7 +15,7 @@ mod segments;
 mod state;
 mod stored;
 
-use engine::{rfc3339, Snapshot, Transition, Work};
+use engine::{rfc3339, write_rfc3339, Snapshot, Transition, Work};
 use foldhash::{HashMap, HashMapExt};
 use model::Model;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -60,6 +60,13 @@ fn key_of(tenant: &str, contact_id: &str) -> String {
     key
 }
 
+/// A time as a JSON string (`ms_to_rfc3339`; nothing in it needs escaping).
+fn write_time(out: &mut Vec<u8>, ms: i64) {
+    out.push(b'"');
+    write_rfc3339(out, ms);
+    out.push(b'"');
+}
+
 /// `Transition.to_json_bytes()` of a transition (orjson's bytes).
 fn transition_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, t: &Transition) {
     use replay::{write_f64, write_opt_str, write_str};
@@ -94,7 +101,7 @@ fn transition_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, t: &Transiti
     out.extend_from_slice(b"},\"cause_event_id\":");
     write_opt_str(out, t.cause.as_deref());
     out.extend_from_slice(b",\"occurred_at\":");
-    write_str(out, &rfc3339(t.occurred_ms));
+    write_time(out, t.occurred_ms);
     out.extend_from_slice(b",\"model_version\":");
     write_str(out, &cm.version);
     out.extend_from_slice(b",\"lifecycle\":");
@@ -131,9 +138,9 @@ fn snapshot_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, snap: &Snapsho
     out.extend_from_slice(b"},\"customer\":");
     out.extend_from_slice(if snap.customer { b"true" } else { b"false" });
     out.extend_from_slice(b",\"first_seen_at\":");
-    write_str(out, &rfc3339(snap.first_seen_ms));
+    write_time(out, snap.first_seen_ms);
     out.extend_from_slice(b",\"last_event_at\":");
-    write_str(out, &rfc3339(snap.last_event_ms));
+    write_time(out, snap.last_event_ms);
     out.extend_from_slice(b",\"events_counted\":");
     out.extend_from_slice(snap.events_counted.to_string().as_bytes());
     for (name, days) in [
@@ -147,7 +154,7 @@ fn snapshot_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, snap: &Snapsho
     out.extend_from_slice(b",\"model_version\":");
     write_str(out, &cm.version);
     out.extend_from_slice(b",\"evaluated_at\":");
-    write_str(out, &rfc3339(snap.at));
+    write_time(out, snap.at);
     out.extend_from_slice(b",\"lifecycles\":{");
     for (i, (lc, &(stage, entered))) in cm.lifecycles.iter().zip(&snap.lifecycles).enumerate() {
         if i > 0 {
@@ -157,7 +164,7 @@ fn snapshot_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, snap: &Snapsho
         out.extend_from_slice(b":{\"stage\":");
         write_str(out, &lc.stages[stage].name);
         out.extend_from_slice(b",\"entered_at\":");
-        write_str(out, &rfc3339(entered));
+        write_time(out, entered);
         out.extend_from_slice(b",\"in_stage_ms\":");
         int(out, snap.at - entered);
         out.push(b'}');
@@ -169,7 +176,7 @@ fn snapshot_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, snap: &Snapsho
         }
         write_str(out, &cm.markers[m]);
         out.push(b':');
-        write_str(out, &rfc3339(at));
+        write_time(out, at);
     }
     out.extend_from_slice(b"}}");
 }

@@ -357,18 +357,28 @@ pub fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 /// notation for decimal exponents -5 to 15 (with `.0` for an integral value), else as
 /// `d.ddde+X` / `d.ddde-X`; `null` for NaN and infinities.
 pub fn write_f64(out: &mut Vec<u8>, v: f64) {
+    use std::fmt::Write;
     if !v.is_finite() {
         out.extend_from_slice(b"null");
         return;
     }
-    let sci = format!("{v:e}"); // shortest round-trip digits: "-1.2345e-7"
-    let (mantissa, exp) = sci.split_once('e').unwrap();
+    let mut sci = StackText::default();
+    write!(sci, "{v:e}").expect("a float's digits fit"); // shortest round-trip digits: "-1.2345e-7"
+    let (mantissa, exp) = sci.as_str().split_once('e').unwrap();
     let exp: i32 = exp.parse().unwrap();
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
         None => (false, mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut digit_buf = [0u8; 32];
+    let mut n = 0;
+    for &b in mantissa.as_bytes() {
+        if b != b'.' {
+            digit_buf[n] = b;
+            n += 1;
+        }
+    }
+    let digits = &digit_buf[..n];
     if negative {
         out.push(b'-');
     }
@@ -376,23 +386,51 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
         if exp >= 0 {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
-                out.extend_from_slice(digits.as_bytes());
+                out.extend_from_slice(digits);
                 out.extend(std::iter::repeat_n(b'0', int_len - digits.len()));
                 out.extend_from_slice(b".0");
             } else {
-                out.extend_from_slice(&digits.as_bytes()[..int_len]);
+                out.extend_from_slice(&digits[..int_len]);
                 out.push(b'.');
-                out.extend_from_slice(&digits.as_bytes()[int_len..]);
+                out.extend_from_slice(&digits[int_len..]);
             }
         } else {
             out.extend_from_slice(b"0.");
             out.extend(std::iter::repeat_n(b'0', (-exp - 1) as usize));
-            out.extend_from_slice(digits.as_bytes());
+            out.extend_from_slice(digits);
         }
     } else {
         out.extend_from_slice(mantissa.as_bytes());
         out.push(b'e');
         out.push(if exp > 0 { b'+' } else { b'-' });
-        out.extend_from_slice(exp.unsigned_abs().to_string().as_bytes());
+        let mut exp_text = StackText::default();
+        write!(exp_text, "{}", exp.unsigned_abs()).expect("an exponent fits");
+        out.extend_from_slice(exp_text.as_str().as_bytes());
+    }
+}
+
+/// Text formatted on the stack (a float's shortest digits in `{:e}` form are at most 24
+/// bytes: `-2.2250738585072014e-308`), so that writing a float allocates nothing.
+#[derive(Default)]
+struct StackText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("formatted text")
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
