@@ -52,6 +52,19 @@ macro_rules! event_fields {
     };
 }
 
+/// The fields of a decoded event as the scorers take them (event id, tenant, contact id,
+/// type, timestamp ms).
+fn fields_tuple<'py>(py: Python<'py>, f: &replay::Fields<'_>) -> PyResult<Bound<'py, PyTuple>> {
+    let fields = (
+        f.event_id.as_ref(),
+        f.tenant.as_ref(),
+        f.contact_id.as_ref(),
+        f.event_type.as_ref(),
+        f.ts,
+    );
+    fields.into_pyobject(py)
+}
+
 fn key_of(tenant: &str, contact_id: &str) -> String {
     let mut key = String::with_capacity(tenant.len() + contact_id.len() + 1);
     key.push_str(tenant);
@@ -65,6 +78,22 @@ fn write_time(out: &mut Vec<u8>, ms: i64) {
     out.push(b'"');
     write_rfc3339(out, ms);
     out.push(b'"');
+}
+
+/// The components of an output record: a JSON object of the model's component names to
+/// their values.
+fn write_components(cm: &Model, out: &mut Vec<u8>, values: &[f64]) {
+    use replay::{write_f64, write_str};
+    out.push(b'{');
+    for (i, (name, &v)) in cm.names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_f64(out, v);
+    }
+    out.push(b'}');
 }
 
 /// `Transition.to_json_bytes()` of a transition (orjson's bytes).
@@ -89,16 +118,9 @@ fn transition_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, t: &Transiti
     write_f64(out, t.index);
     out.extend_from_slice(b",\"previous_index\":");
     write_f64(out, t.previous_index);
-    out.extend_from_slice(b",\"components\":{");
-    for (i, (name, &v)) in cm.names.iter().zip(&t.components).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, name);
-        out.push(b':');
-        write_f64(out, v);
-    }
-    out.extend_from_slice(b"},\"cause_event_id\":");
+    out.extend_from_slice(b",\"components\":");
+    write_components(cm, out, &t.components);
+    out.extend_from_slice(b",\"cause_event_id\":");
     write_opt_str(out, t.cause.as_deref());
     out.extend_from_slice(b",\"occurred_at\":");
     write_time(out, t.occurred_ms);
@@ -126,16 +148,9 @@ fn snapshot_json(cm: &Model, out: &mut Vec<u8>, s: &state::State, snap: &Snapsho
     write_str(out, &cm.index_names[snap.half]);
     out.extend_from_slice(b",\"index\":");
     write_f64(out, snap.index);
-    out.extend_from_slice(b",\"components\":{");
-    for (i, (name, &v)) in cm.names.iter().zip(&snap.components).enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(out, name);
-        out.push(b':');
-        write_f64(out, v);
-    }
-    out.extend_from_slice(b"},\"customer\":");
+    out.extend_from_slice(b",\"components\":");
+    write_components(cm, out, &snap.components);
+    out.extend_from_slice(b",\"customer\":");
     out.extend_from_slice(if snap.customer { b"true" } else { b"false" });
     out.extend_from_slice(b",\"first_seen_at\":");
     write_time(out, snap.first_seen_ms);
@@ -227,14 +242,7 @@ impl Kernel {
         let Some(f) = replay::fast_fields(value) else {
             return Ok(None);
         };
-        let fields = (
-            f.event_id.as_ref(),
-            f.tenant.as_ref(),
-            f.contact_id.as_ref(),
-            f.event_type.as_ref(),
-            f.ts,
-        );
-        Ok(Some(fields.into_pyobject(py)?))
+        Ok(Some(fields_tuple(py, &f)?))
     }
 
     /// `SegmentIndex.project` of a `contacts` table value of version 2 (no account): (its
@@ -549,14 +557,7 @@ impl StoredScorer {
         {
             return Ok(None);
         }
-        let fields = (
-            f.event_id.as_ref(),
-            f.tenant.as_ref(),
-            f.contact_id.as_ref(),
-            f.event_type.as_ref(),
-            f.ts,
-        );
-        Ok(Some(fields.into_pyobject(py)?))
+        Ok(Some(fields_tuple(py, &f)?))
     }
 
     /// One event: `stored` the contact's table value (None: a new contact); `published` its
