@@ -242,14 +242,15 @@ class BatchScorer:
         self._members = MemberUpdates.for_scorer(model, topology, metrics)
         self._identity_sources = frozenset(topology.identity_sources)
         self.identity = IdentityMerge(self)
-        #: the kernel's scorer of whole table values (None: the kernel is not used, or the
-        #: model has accounts, whose values the Python side keeps)
+        # what the kernel's route checks a record against
         limits = (
             self._max_record_bytes,
             min(self._max_age_ms, _FAR_MS),
             min(self._max_future_ms, _FAR_MS),
             self._partitions,
         )
+        #: the kernel's scorer of whole table values (None: the kernel is not used, or the
+        #: model has accounts, whose values the Python side keeps)
         self._stored_scorer = (
             self._kernel.stored_scorer(self._dedupe_window_ms, settings.score_step, limits)
             if self._kernel is not None and self._members is None
