@@ -114,9 +114,12 @@ def bootstrap_servers(kafka_broker: LocalBroker | None) -> str:
     return kafka_broker.bootstrap_servers
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def kafka_admin(bootstrap_servers: str) -> Iterator[KafkaAdminClient]:
-    """A kafka-python admin client for the session."""
+    """A kafka-python admin client for the test. One per test, not per session: the broker
+    closes a connection idle for 10 minutes (``connections.max.idle.ms``), and a session's
+    client that went unused that long failed its next request with "Connection to 1 failed"
+    instead of connecting again."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="tests-admin")
     try:
         yield admin
