@@ -35,6 +35,7 @@ from tests.integration.test_worker_oracle import (
     by_contact,
     wait_for_oracle,
 )
+from tests.kafka_harness import FAST_FAILOVER_ENV
 from tests.reliability.harness import consumer_lag, wait_until
 
 pytestmark = pytest.mark.integration
@@ -122,7 +123,7 @@ def test_a_refused_changelog_write_fails_the_batch_and_nothing_is_lost(
     stream_env: Callable[..., Any], kafka_admin: Any
 ) -> None:
     env = stream_env(DEFAULT_MODEL, partitions=1)
-    worker = env.worker(extra_env={"BROKER_SESSION_TIMEOUT": "6"})
+    worker = env.worker(extra_env=FAST_FAILOVER_ENV)
     worker.start()
     now = int(time.time() * 1000)
     key = ContactKey("acme", "cl-1").encode()
@@ -168,7 +169,7 @@ def test_a_refused_changelog_write_fails_the_batch_and_nothing_is_lost(
     # the local state is lost: the new worker restores from the changelog alone
     worker.kill()
     shutil.rmtree(worker.data_dir, ignore_errors=True)
-    restored = env.worker("w2", extra_env={"BROKER_SESSION_TIMEOUT": "6"})
+    restored = env.worker("w2", extra_env=FAST_FAILOVER_ENV)
     restored.start(timeout=120)
     status, body = restored.get("/v1/contacts/acme/cl-1")
     assert status == 200, body

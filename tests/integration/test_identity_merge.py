@@ -30,6 +30,7 @@ from tests.integration.test_collector import CollectorProcess, basic, request
 from tests.integration.test_erasure import erase
 from tests.integration.test_worker_faults import good_event, wait_until
 from tests.integration.test_worker_oracle import DEFAULT_MODEL
+from tests.kafka_harness import FAST_FAILOVER_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -248,7 +249,7 @@ def test_a_sigkill_while_merges_are_under_way_loses_and_doubles_nothing(
         topic = env.topic("email" if b"email." in value else "web")
         producer.send(topic, key=key, value=value)
     producer.flush()
-    worker = env.worker("w1", {"ENGAGEMENT_INDEX_BATCH_SIZE": "1"})
+    worker = env.worker("w1", {**FAST_FAILOVER_ENV, "ENGAGEMENT_INDEX_BATCH_SIZE": "1"})
     worker.start()
     wait_until(
         lambda: all(worker.get(f"/v1/contacts/acme/{anon}")[0] == 200 for _, anon in pairs[-3:]),
@@ -275,7 +276,7 @@ def test_a_sigkill_while_merges_are_under_way_loses_and_doubles_nothing(
     worker.kill()
     done = len({json.loads(r.value)["merge_id"] for r in env.consume_all(merges_topic, 0.5)})
     assert 0 < done < len(pairs), "the kill came before or after every merge: nothing tested"
-    restarted = env.worker("w2", {"ENGAGEMENT_INDEX_BATCH_SIZE": "2"})
+    restarted = env.worker("w2", {**FAST_FAILOVER_ENV, "ENGAGEMENT_INDEX_BATCH_SIZE": "2"})
     restarted.data_dir = worker.data_dir  # the same disk: the re-delivery path
     restarted.env["ENGAGEMENT_INDEX_DATA_DIR"] = str(worker.data_dir)
     restarted.start(timeout=120)

@@ -17,6 +17,7 @@ from engagement_index.core.lifecycle import evaluate
 from engagement_index.core.timestamps import parse_timestamp_ms
 from engagement_index.replay import replay
 from tests.integration.test_worker_oracle import DEFAULT_MODEL, by_contact, iso
+from tests.kafka_harness import FAST_FAILOVER_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +157,7 @@ def test_killed_worker_with_deleted_state_recovers_and_matches_replay(
 
     half = len(traffic) // 2
     send(traffic[:half])
-    worker = env.worker()
+    worker = env.worker(extra_env=FAST_FAILOVER_ENV)
     worker.start()
     wait_until(
         lambda: len(env.consume_all(env.topic("stage_changes"), idle_s=0.3)) > 50,
