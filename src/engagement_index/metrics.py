@@ -6,9 +6,75 @@ reasons): never contact ids, emails or tenants' free text.
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class MillisecondHistogram(Collector):
+    """A histogram in seconds of whole-millisecond durations, observed a batch at a time.
+
+    The same exposition as a ``prometheus_client.Histogram`` without labels (``_bucket`` per
+    ``le``, ``_count``, ``_sum``); :meth:`observe_since` takes a batch's start times at once
+    (equal ones counted together), where ``Histogram.observe`` locks and searches the buckets
+    once per value.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [float(b) for b in buckets]
+        self._bounds_ms = [b * 1000 for b in self._bounds]
+        # the ``le`` labels as the client library writes them ("0.0025", "10.0", "+Inf")
+        self._labels = [floatToGoString(b) for b in [*self._bounds, float("inf")]]  # type: ignore[no-untyped-call]
+        self._counts = [0] * (len(self._bounds) + 1)  # the last: above every bound (+Inf)
+        self._sum_ms = 0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_since(self, now_ms: int, started_ms: Iterable[int]) -> None:
+        """One observation of ``now_ms - t`` (0 if negative) for each ``t`` in ``started_ms``."""
+        tally = Tally(started_ms)
+        if not tally:
+            return
+        bounds = self._bounds_ms
+        with self._lock:
+            counts = self._counts
+            total = 0
+            for started, n in tally.items():
+                elapsed = now_ms - started
+                if elapsed < 0:
+                    elapsed = 0
+                counts[bisect_left(bounds, elapsed)] += n
+                total += elapsed * n
+            self._sum_ms += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts = list(self._counts)
+            total_ms = self._sum_ms
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for label, count in zip(self._labels, counts, strict=True):
+            cumulative += count
+            buckets.append((label, cumulative))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], buckets, total_ms / 1000)
+        yield family
 
 
 class Metrics:
@@ -39,11 +105,11 @@ class Metrics:
         self.score_snapshots = Counter(
             "engagement_score_snapshots_total", "Score snapshots published.", registry=r
         )
-        self.processing_latency = Histogram(
+        self.processing_latency = MillisecondHistogram(
             "engagement_processing_latency_seconds",
             "From an inbound record's timestamp to its state and outputs being written.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
         self.event_time_lag = Gauge(
             "engagement_event_time_lag_seconds",

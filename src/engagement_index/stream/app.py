@@ -324,9 +324,7 @@ class Worker:
         self._publish_gauges()
         now = self.clock_ms()
         self.metrics.batch_size.observe(len(records))
-        observe = self.metrics.processing_latency.observe
-        for ts in outcome.latency_from_ms:
-            observe(max(0.0, (now - ts) / 1000))
+        self.metrics.processing_latency.observe_since(now, outcome.latency_from_ms)
 
     def _aio_producer(self) -> Any:
         """The aiokafka producer under Faust's producer (started with the app)."""
