@@ -133,6 +133,8 @@ class Worker:
         if self.auth is not None and not len(self.auth):
             log.warning("query API auth is on but no token is configured: /v1/ answers 401")
         self.due = DueIndex()
+        #: the changelog send of the last batch the bulk path scored (_process_pipelined)
+        self._changelog_tail: asyncio.Future[None] | None = None
         self.stage_counts: CounterDict[tuple[str, str]] = CounterDict()
         self.recovered = False
         ticks = topology.internal.ticks.name
@@ -235,7 +237,7 @@ class Worker:
         self.app.agent(self.source, name="score")(self._score_agent)
         # the agent subscribes the sources; their records reach process_batch in whole fetches
         self.app.bulk_topics = frozenset(topology.scoring_sources)
-        self.app.bulk_handler = self._process_until_done
+        self.app.bulk_handler = self._process_pipelined
         self.app.timer(settings.tick_interval_seconds)(self._decay_timer)
         self._register_views()
         #: segment lists and counts (stream/segments.py, stream/segment_api.py)
@@ -271,8 +273,39 @@ class Worker:
             f"batch of {len(events)} records",
         )
 
+    async def _process_pipelined(self, events: Sequence[Any]) -> asyncio.Future[None]:
+        """The bulk path's handler: :meth:`score_batch` until it succeeds (as
+        :meth:`_process_until_done`), then the batch's changelog records sent in the
+        background, after those of the batch before (so a key's changelog records stay in
+        order, retries included). The consumer acknowledges the batch's records when the
+        returned future is done, so no offset is committed past a changelog that is behind
+        the store, and a rebalance waits for it; meanwhile the next batch is scored."""
+        staged: list[TableTransaction] = []
+
+        async def score() -> None:
+            staged.append(await self.score_batch(events))
+
+        await until_done(score, self.metrics, "batch", f"batch of {len(events)} records")
+        previous = self._changelog_tail
+        sent = asyncio.ensure_future(self._send_changelog_after(previous, staged[-1]))
+        self._changelog_tail = sent
+        return sent
+
+    async def _send_changelog_after(
+        self, previous: asyncio.Future[None] | None, transaction: TableTransaction
+    ) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)  # a cancelled wait leaves the one before running
+        await transaction.send_changelog_until_acked(self.metrics, "batch")
+
     async def process_batch(self, messages: Sequence[Any]) -> None:
-        """Score one batch of consumed messages: send and await outputs, then write tables."""
+        """Score one batch of consumed messages and await its changelog records."""
+        transaction = await self.score_batch(messages)
+        await transaction.send_changelog_until_acked(self.metrics, "batch")
+
+    async def score_batch(self, messages: Sequence[Any]) -> TableTransaction:
+        """Score one batch of consumed messages: send and await outputs, then write tables;
+        the table transaction is returned with its changelog records not yet sent."""
         records = inbound_records(messages)
         loaded: dict[bytes, bytes | None] = {}  # the values before the batch (segment index)
 
@@ -313,7 +346,6 @@ class Worker:
             outcome.due_updates,
             self.clock_ms(),
         )
-        await transaction.send_changelog_until_acked(self.metrics, "batch")
         for key, (partition, due_ms) in outcome.due_updates.items():
             self.due.set(partition, key, due_ms)
         for lifecycle, old, new in outcome.stage_moves:
@@ -325,6 +357,7 @@ class Worker:
         now = self.clock_ms()
         self.metrics.batch_size.observe(len(records))
         self.metrics.processing_latency.observe_since(now, outcome.latency_from_ms)
+        return transaction
 
     def _aio_producer(self) -> Any:
         """The aiokafka producer under Faust's producer (started with the app)."""

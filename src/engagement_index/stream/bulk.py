@@ -27,12 +27,15 @@ scored are recognised by their offsets in the stored state.
 Delivery is unchanged: each record is tracked as unacknowledged before the handler runs (so
 a rebalance waits for it, as ``stream_wait_empty`` does) and acknowledged only after the
 handler returned, i.e. after its outputs were acknowledged by the broker and its state was
-written. Faust commits acknowledged offsets only, so a crash re-delivers the whole batch.
+written, and, where the handler returns a future (the worker's: its changelog records sent
+in the background while the next fetch is scored), only when that is done. Faust commits
+acknowledged offsets only, so a crash re-delivers the whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,7 +51,9 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
-BulkHandler = Callable[[Sequence[Message]], Awaitable[None]]
+#: the bulk topics' handler: given a fetch, returns when it is scored; if it returns a
+#: future, the fetch's records are acknowledged when that is done (its changelog acknowledged)
+BulkHandler = Callable[[Sequence[Message]], Awaitable["asyncio.Future[None] | None"]]
 
 
 class _ChangelogEvent:
@@ -100,6 +105,17 @@ def apply_changelog(recovery: Any, messages: Sequence[Message]) -> None:
         end = recovery.signal_recovery_end
         end.set()
         end.clear()
+
+
+def _ack_when_sent(
+    ack: Callable[[Message], bool], batch: Sequence[Message], done: asyncio.Future[None]
+) -> None:
+    """Acknowledge a batch's records once its changelog was acknowledged (not if the send
+    was cancelled: the records are then fetched again after a restart or rebalance)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    for message in batch:
+        ack(message)
 
 
 async def _seek_to_committed(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int | None]:
@@ -355,9 +371,12 @@ class BulkConsumer(faust_aiokafka.Consumer):
                         set_read_offset(tp, offset)
                     for tp, first, last in gaps:
                         await self._add_gap(tp, first, last)
-                    await handler(batch)
-                    for message in batch:
-                        ack(message)
+                    completion = await handler(batch)
+                    if completion is None:
+                        for message in batch:
+                            ack(message)
+                    else:
+                        completion.add_done_callback(functools.partial(_ack_when_sent, ack, batch))
                 commit_every = self._commit_every
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
