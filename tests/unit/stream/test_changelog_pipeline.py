@@ -76,12 +76,14 @@ def test_a_batch_is_acknowledged_when_its_send_is_done_and_not_when_it_was_cance
         done, cancelled = loop.create_future(), loop.create_future()
         acked: list[str] = []
 
-        def ack(message: str) -> bool:
+        def ack(message: Any) -> bool:
             acked.append(message)
             return True
 
-        done.add_done_callback(lambda f: _ack_when_sent(ack, ["m1", "m2"], f))  # type: ignore[arg-type]
-        cancelled.add_done_callback(lambda f: _ack_when_sent(ack, ["m3"], f))  # type: ignore[arg-type]
+        first: list[Any] = ["m1", "m2"]
+        second: list[Any] = ["m3"]
+        done.add_done_callback(lambda f: _ack_when_sent(ack, first, f))
+        cancelled.add_done_callback(lambda f: _ack_when_sent(ack, second, f))
         await asyncio.sleep(0)
         before = list(acked)
         done.set_result(None)
