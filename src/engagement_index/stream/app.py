@@ -295,7 +295,9 @@ class Worker:
         self, previous: asyncio.Future[None] | None, transaction: TableTransaction
     ) -> None:
         if previous is not None:
-            await asyncio.shield(previous)  # a cancelled wait leaves the one before running
+            # ends with the one before, however it ended (it only ends by being cancelled, at
+            # a stop, if not acknowledged); a cancellation of this one leaves it running
+            await asyncio.wait({previous})
         await transaction.send_changelog_until_acked(self.metrics, "batch")
 
     async def process_batch(self, messages: Sequence[Any]) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
@@ -53,6 +54,8 @@ from faust.types import TP, Message
 
 #: the bulk topics' handler: given a fetch, returns when it is scored; if it returns a
 #: future, the fetch's records are acknowledged when that is done (its changelog acknowledged)
+log = logging.getLogger(__name__)
+
 BulkHandler = Callable[[Sequence[Message]], Awaitable["asyncio.Future[None] | None"]]
 
 
@@ -112,7 +115,11 @@ def _ack_when_sent(
 ) -> None:
     """Acknowledge a batch's records once its changelog was acknowledged (not if the send
     was cancelled: the records are then fetched again after a restart or rebalance)."""
-    if done.cancelled() or done.exception() is not None:
+    if done.cancelled():
+        return
+    failure = done.exception()
+    if failure is not None:  # not expected: the send is retried until acknowledged
+        log.error("a batch's changelog send failed; its records are read again", exc_info=failure)
         return
     for message in batch:
         ack(message)
