@@ -37,11 +37,11 @@ class MillisecondHistogram(Collector):
     ) -> None:
         self._name = name
         self._documentation = documentation
-        self._bounds = [float(b) for b in buckets]
-        self._bounds_ms = [b * 1000 for b in self._bounds]
+        bounds = [float(b) for b in buckets]
+        self._bounds_ms = [b * 1000 for b in bounds]
         # the ``le`` labels as the client library writes them ("0.0025", "10.0", "+Inf")
-        self._labels = [floatToGoString(b) for b in [*self._bounds, float("inf")]]  # type: ignore[no-untyped-call]
-        self._counts = [0] * (len(self._bounds) + 1)  # the last: above every bound (+Inf)
+        self._labels = [floatToGoString(b) for b in [*bounds, float("inf")]]  # type: ignore[no-untyped-call]
+        self._counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
         self._sum_ms = 0
         self._lock = threading.Lock()
         registry.register(self)

@@ -27,8 +27,8 @@ scored are recognised by their offsets in the stored state.
 Delivery is unchanged: each record is tracked as unacknowledged before the handler runs (so
 a rebalance waits for it, as ``stream_wait_empty`` does) and acknowledged only after the
 handler returned, i.e. after its outputs were acknowledged by the broker and its state was
-written, and, where the handler returns a future (the worker's: its changelog records sent
-in the background while the next fetch is scored), only when that is done. Faust commits
+written, and only when the future it returns is done (the worker's changelog records, sent
+in the background while the next fetch is scored, acknowledged). Faust commits
 acknowledged offsets only, so a crash re-delivers the whole batch.
 """
 
@@ -52,11 +52,11 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
-#: the bulk topics' handler: given a fetch, returns when it is scored; if it returns a
-#: future, the fetch's records are acknowledged when that is done (its changelog acknowledged)
 log = logging.getLogger(__name__)
 
-BulkHandler = Callable[[Sequence[Message]], Awaitable["asyncio.Future[None] | None"]]
+#: the bulk topics' handler: given a fetch, returns when it is scored, with a future; the
+#: fetch's records are acknowledged when that is done (its changelog acknowledged)
+BulkHandler = Callable[[Sequence[Message]], Awaitable["asyncio.Future[None]"]]
 
 
 class _ChangelogEvent:
@@ -379,11 +379,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     for tp, first, last in gaps:
                         await self._add_gap(tp, first, last)
                     completion = await handler(batch)
-                    if completion is None:
-                        for message in batch:
-                            ack(message)
-                    else:
-                        completion.add_done_callback(functools.partial(_ack_when_sent, ack, batch))
+                    completion.add_done_callback(functools.partial(_ack_when_sent, ack, batch))
                 commit_every = self._commit_every
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
