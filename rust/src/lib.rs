@@ -6,6 +6,7 @@
 //! `engagement_index.kernel` is the Python side: it hands the compiled model over once and
 //! calls a `Contacts` store with whole batches of events.
 
+mod batch;
 mod decay;
 mod engine;
 mod model;
@@ -526,38 +527,13 @@ impl StoredScorer {
         partition: usize,
         now_ms: i64,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let limits = &self.limits;
         let Some(key) = key else {
             return Ok(None);
         };
-        if value.len() > limits.max_bytes {
-            return Ok(None);
+        match self.routed(value, key, partition, now_ms) {
+            Some(f) => Ok(Some(fields_tuple(py, &f)?)),
+            None => Ok(None),
         }
-        let Some(f) = replay::fast_fields(value) else {
-            return Ok(None);
-        };
-        if !self
-            .view
-            .model
-            .rule_by_type
-            .contains_key(f.event_type.as_ref())
-        {
-            return Ok(None);
-        }
-        let (now, ts) = (i128::from(now_ms), i128::from(f.ts));
-        if ts < now - i128::from(limits.max_age_ms) || ts > now + i128::from(limits.max_future_ms) {
-            return Ok(None);
-        }
-        let (tenant, contact_id) = (f.tenant.as_bytes(), f.contact_id.as_bytes());
-        if key.len() != tenant.len() + 1 + contact_id.len()
-            || &key[..tenant.len()] != tenant
-            || key[tenant.len()] != 0x1f
-            || &key[tenant.len() + 1..] != contact_id
-            || partition::canonical_partition(key, limits.partitions) != partition
-        {
-            return Ok(None);
-        }
-        Ok(Some(fields_tuple(py, &f)?))
     }
 
     /// One event: `stored` the contact's table value (None: a new contact); `published` its
@@ -579,8 +555,150 @@ impl StoredScorer {
         record: (u16, u64, i64),
     ) -> PyResult<PyObject> {
         let model = &*self.view.model;
-        let (source, offset, arrival) = record;
         event_fields!(fields, model => event_id, tenant, contact_id, rule, ts);
+        let event = EventRef {
+            event_id,
+            tenant,
+            contact_id,
+            rule,
+            ts,
+        };
+        Ok(match self.score_event(stored, published, &event, record)? {
+            ScoreOutcome::NotTaken => py.None(),
+            ScoreOutcome::Redelivered => 0u8.into_pyobject(py)?.into_any().unbind(),
+            ScoreOutcome::Failed(message) => message.into_pyobject(py)?.into_any().unbind(),
+            ScoreOutcome::Applied(a) => {
+                let transitions = if a.transitions.is_empty() {
+                    py.None()
+                } else {
+                    let list = PyList::empty(py);
+                    for t in &a.transitions {
+                        let lc = &model.lifecycles[t.lifecycle];
+                        list.append((
+                            PyBytes::new(py, &t.payload),
+                            &lc.name,
+                            t.from_stage.map(|f| lc.stages[f].name.as_str()),
+                            &lc.stages[t.to_stage].name,
+                            &t.reason,
+                        ))?;
+                    }
+                    list.into_any().unbind()
+                };
+                let snapshot = match &a.snapshot {
+                    Some(s) => PyBytes::new(py, s).into_any().unbind(),
+                    None => py.None(),
+                };
+                let result: Scored<'py> = (
+                    a.code,
+                    PyBytes::new(py, &a.data),
+                    a.published,
+                    a.due,
+                    a.clock,
+                    a.before,
+                    a.state_at,
+                    transitions,
+                    snapshot,
+                );
+                result.into_pyobject(py)?.into_any().unbind()
+            }
+        })
+    }
+}
+
+/// An event's fields as the scorers take them (borrowed).
+struct EventRef<'a> {
+    event_id: &'a str,
+    tenant: &'a str,
+    contact_id: &'a str,
+    rule: usize,
+    ts: i64,
+}
+
+/// A transition of `StoredScorer::score_event`: its JSON bytes and its labels.
+struct ScoredTransition {
+    payload: Vec<u8>,
+    lifecycle: usize,
+    from_stage: Option<usize>,
+    to_stage: usize,
+    reason: String,
+}
+
+/// An event `StoredScorer::score_event` applied (`Scored`'s fields, as Rust values).
+struct Applied {
+    code: u8,
+    data: Vec<u8>,
+    published: f64,
+    due: Option<i64>,
+    clock: i64,
+    before: Option<i64>,
+    state_at: usize,
+    transitions: Vec<ScoredTransition>,
+    snapshot: Option<Vec<u8>>,
+}
+
+/// What `StoredScorer::score_event` did with one event (see `StoredScorer.score`).
+enum ScoreOutcome {
+    NotTaken,
+    Redelivered,
+    Failed(String),
+    Applied(Applied),
+}
+
+impl StoredScorer {
+    /// The checks of `route` on one record: its event fields if it is scored as it stands.
+    fn routed<'v>(
+        &self,
+        value: &'v [u8],
+        key: &[u8],
+        partition: usize,
+        now_ms: i64,
+    ) -> Option<replay::Fields<'v>> {
+        let limits = &self.limits;
+        if value.len() > limits.max_bytes {
+            return None;
+        }
+        let f = replay::fast_fields(value)?;
+        if !self
+            .view
+            .model
+            .rule_by_type
+            .contains_key(f.event_type.as_ref())
+        {
+            return None;
+        }
+        let (now, ts) = (i128::from(now_ms), i128::from(f.ts));
+        if ts < now - i128::from(limits.max_age_ms) || ts > now + i128::from(limits.max_future_ms) {
+            return None;
+        }
+        let (tenant, contact_id) = (f.tenant.as_bytes(), f.contact_id.as_bytes());
+        if key.len() != tenant.len() + 1 + contact_id.len()
+            || &key[..tenant.len()] != tenant
+            || key[tenant.len()] != 0x1f
+            || &key[tenant.len() + 1..] != contact_id
+            || partition::canonical_partition(key, limits.partitions) != partition
+        {
+            return None;
+        }
+        Some(f)
+    }
+
+    /// `score` on Rust values.
+    fn score_event(
+        &self,
+        stored: Option<&[u8]>,
+        published: Option<f64>,
+        event: &EventRef<'_>,
+        record: (u16, u64, i64),
+    ) -> PyResult<ScoreOutcome> {
+        let model = &*self.view.model;
+        let (source, offset, arrival) = record;
+        let EventRef {
+            event_id,
+            tenant,
+            contact_id,
+            rule,
+            ts,
+        } = *event;
         let (mut value, state_bytes) = match stored {
             None => (
                 stored::Stored {
@@ -596,12 +714,12 @@ impl StoredScorer {
                     let at = v.state;
                     (v, Some(&data[at..]))
                 }
-                None => return Ok(py.None()),
+                None => return Ok(ScoreOutcome::NotTaken),
             },
         };
         if let Some(&(_, last)) = value.offsets.iter().find(|(s, _)| *s == source) {
             if last >= offset {
-                return Ok(0u8.into_pyobject(py)?.into_any().unbind());
+                return Ok(ScoreOutcome::Redelivered);
             }
         }
         let mut published = published.unwrap_or(f64::from(value.published));
@@ -609,7 +727,7 @@ impl StoredScorer {
             None => None,
             Some(bytes) => match state::decode(bytes, tenant, contact_id, model) {
                 Some(s) => Some(s),
-                None => return Ok(py.None()),
+                None => return Ok(ScoreOutcome::NotTaken),
             },
         };
         match value.offsets.iter_mut().find(|(s, _)| *s == source) {
@@ -624,18 +742,17 @@ impl StoredScorer {
             let (data, at) = stored::encode(published, &mut value.offsets, &value.seen, bytes)
                 .map_err(PyValueError::new_err)?;
             let clock = state.as_ref().map_or(0, |s| s.clock);
-            let result: Scored<'py> = (
-                1,
-                PyBytes::new(py, &data),
+            return Ok(ScoreOutcome::Applied(Applied {
+                code: 1,
+                data,
                 published,
-                state.as_ref().and_then(|s| s.due),
+                due: state.as_ref().and_then(|s| s.due),
                 clock,
-                state.as_ref().map(|s| s.clock),
-                at,
-                py.None(),
-                py.None(),
-            );
-            return Ok(result.into_pyobject(py)?.into_any().unbind());
+                before: state.as_ref().map(|s| s.clock),
+                state_at: at,
+                transitions: Vec::new(),
+                snapshot: None,
+            }));
         }
         let before = state.as_ref().map(|s| s.clock);
         let (s, first) = match state {
@@ -644,28 +761,22 @@ impl StoredScorer {
         };
         let mut work = Work::new(s, model);
         if let Err(message) = work.step(rule, ts, event_id, first) {
-            return Ok(message.into_pyobject(py)?.into_any().unbind());
+            return Ok(ScoreOutcome::Failed(message));
         }
         let encoded = state::encode(&work.s, model).map_err(PyValueError::new_err)?;
-        let transitions = if work.transitions.is_empty() {
-            py.None()
-        } else {
-            let list = PyList::empty(py);
-            for t in &work.transitions {
-                let mut payload = Vec::with_capacity(512);
-                transition_json(model, &mut payload, &work.s, t);
-                payload.pop(); // the line's newline
-                let lc = &model.lifecycles[t.lifecycle];
-                list.append((
-                    PyBytes::new(py, &payload),
-                    &lc.name,
-                    t.from_stage.map(|f| lc.stages[f].name.as_str()),
-                    &lc.stages[t.to_stage].name,
-                    &t.reason,
-                ))?;
-            }
-            list.into_any().unbind()
-        };
+        let mut transitions = Vec::with_capacity(work.transitions.len());
+        for t in &work.transitions {
+            let mut payload = Vec::with_capacity(512);
+            transition_json(model, &mut payload, &work.s, t);
+            payload.pop(); // the line's newline
+            transitions.push(ScoredTransition {
+                payload,
+                lifecycle: t.lifecycle,
+                from_stage: t.from_stage,
+                to_stage: t.to_stage,
+                reason: t.reason.clone(),
+            });
+        }
         let index_now = work.contact_index();
         let moved = published.is_nan() || (index_now - published).abs() > self.score_step;
         let snapshot = if moved || !work.transitions.is_empty() {
@@ -674,24 +785,23 @@ impl StoredScorer {
             published = snap.index;
             let mut payload = Vec::with_capacity(1024);
             snapshot_json(model, &mut payload, &work.s, &snap);
-            PyBytes::new(py, &payload).into_any().unbind()
+            Some(payload)
         } else {
-            py.None()
+            None
         };
         let (data, at) = stored::encode(published, &mut value.offsets, &value.seen, &encoded)
             .map_err(PyValueError::new_err)?;
-        let result: Scored<'py> = (
-            2,
-            PyBytes::new(py, &data),
+        Ok(ScoreOutcome::Applied(Applied {
+            code: 2,
+            data,
             published,
-            work.s.due,
-            work.s.clock,
+            due: work.s.due,
+            clock: work.s.clock,
             before,
-            at,
+            state_at: at,
             transitions,
             snapshot,
-        );
-        Ok(result.into_pyobject(py)?.into_any().unbind())
+        }))
     }
 }
 
@@ -1268,5 +1378,6 @@ fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernel>()?;
     m.add_class::<Contacts>()?;
     m.add_class::<StoredScorer>()?;
+    m.add_class::<batch::KernelBatch>()?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 """Types of the compiled kernel (rust/src/lib.rs); ``engagement_index.kernel`` is its user."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Outcome = list[dict[str, Any]] | str | None
@@ -64,6 +64,59 @@ class StoredScorer:
         fields: Event | tuple[str, str, str, str, int],
         record: tuple[int, int, int],
     ) -> Scored | int | str | None: ...
+
+#: ``KernelBatch.run``: (stop index, sends, replaced earlier positions, replaced count, due
+#: times, stage moves, transition labels, arrival times, (topic, outcome) counts, newest)
+RunResult = tuple[
+    int,
+    list[Any],
+    list[int],
+    int,
+    dict[bytes, tuple[int, int | None]],
+    list[tuple[str, str | None, str]],
+    list[tuple[str, str | None, str, str]],
+    list[int],
+    dict[tuple[str, str], int],
+    dict[str, int],
+]
+#: ``KernelBatch.release``: (value, state offset, published, daily, passed days, stored day,
+#: last index, snapshot position, history transitions, index of the last)
+Released = tuple[
+    bytes | None,
+    int | None,
+    float | None,
+    bool,
+    dict[int, bytes] | None,
+    int | None,
+    int,
+    int | None,
+    list[bytes],
+    int,
+]
+#: ``KernelBatch.finish``: per contact with transitions (key, their JSON bytes, the index of
+#: the last), and how many contacts have a snapshot in the batch
+Finished = tuple[list[tuple[bytes, list[bytes], int]], int]
+
+class KernelBatch:
+    def __init__(
+        self,
+        scorer: StoredScorer,
+        topics: tuple[dict[str, int], str, str, str],
+        now_ms: int,
+        readers: tuple[Callable[[bytes, int], bytes | None], Callable[[bytes, int], bool]],
+        records: tuple[Callable[[tuple[Any, ...]], Any], Any],
+    ) -> None: ...
+    def run(self, records: list[Any], start: int, base: int) -> RunResult: ...
+    def release(self, key: bytes) -> Released | None: ...
+    @property
+    def ticks(self) -> list[int]: ...
+    def finish(
+        self,
+        writes: dict[bytes, tuple[int, bytes | None]],
+        daily_writes: dict[bytes, tuple[int, bytes | None]],
+        list_days: Callable[[bytes, int, int | None], list[int]] | None,
+        history_days: int,
+    ) -> Finished: ...
 
 class Contacts:
     def load(self, tenant: str, contact_id: str, data: bytes) -> bool: ...

@@ -125,6 +125,12 @@ def kernel_for(cm: CompiledModel) -> _kernel.Kernel | None:
     return held[1]
 
 
+def batch_kernel() -> type[_kernel.KernelBatch] | None:
+    """The kernel's whole-batch scorer (``rust/src/batch.rs``), or None where the kernel is
+    not used."""
+    return _kernel.KernelBatch if kernel_available() else None
+
+
 Key = tuple[str, str]
 #: per event: its transitions, or the exception the core raised for it
 Outcome = list[Transition] | Exception

@@ -19,12 +19,13 @@ tables, and gets back what to send and what to store. That keeps the delivery ru
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -48,7 +49,7 @@ from engagement_index.core.records import Transition
 from engagement_index.core.state import ContactState, decode_state, encode_state
 from engagement_index.core.timestamps import ms_to_rfc3339
 from engagement_index.errors import ConfigError, EventRejected
-from engagement_index.kernel import kernel_for
+from engagement_index.kernel import batch_kernel, kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.accounts import MemberUpdates
@@ -61,6 +62,9 @@ from engagement_index.stream.stored import (
     state_offset,
 )
 from engagement_index.topology import Topology
+
+if TYPE_CHECKING:
+    from engagement_index._kernel import KernelBatch, RunResult
 
 TICK = struct.Struct("<q")
 _CLOCK = struct.Struct("<q")  # a stored state's clock, at byte 2 (engagement_index.core.state)
@@ -188,6 +192,11 @@ class _Batch:
     snapshot_at: dict[bytes, int] = field(default_factory=dict)
     #: how many snapshots a later one of the same contact replaced in this batch
     replaced: int = 0
+    #: the kernel's whole-batch scorer (None: not used); it holds the contacts it scored
+    #: until the Python side reads them (:meth:`BatchScorer._load`)
+    kernel: KernelBatch | None = None
+    #: the daily-table writes of the contacts the kernel held to the batch end
+    kernel_daily: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
 
 
 class BatchScorer:
@@ -265,6 +274,17 @@ class BatchScorer:
             if self._kernel is not None and self._members is None
             else None
         )
+        #: the kernel's whole-batch scorer (``rust/src/batch.rs``) and what it is told: the
+        #: sources whose records it may take, the wake-up, stage-change and score topics
+        self._batch_kernel = batch_kernel() if self._stored_scorer is not None else None
+        handled_apart = {*self._identity_sources, self._erasure_topic, self._tick_topic}
+        self._kernel_topics = (
+            {t: i for t, i in self._source_index.items() if t not in handled_apart},
+            self._tick_topic,
+            self._stage_topic,
+            self._scores_topic,
+        )
+        self._make_record = functools.partial(tuple.__new__, OutboundRecord)
 
     # ------------------------------------------------------------------ batch
     def process(
@@ -297,9 +317,19 @@ class BatchScorer:
         channels = self._channels
         tick_topic = self._tick_topic
         ticks: list[int] = []
-        for index, record in enumerate(records):
+        kernel = batch.kernel = self._kernel_batch(batch)
+        listed = records if isinstance(records, list) else list(records)  # the kernel's form
+        index = 0
+        count = len(records)
+        while index < count:
+            if kernel is not None:  # every record it takes, up to one it does not
+                index = self._run_kernel(batch, listed, index, outcomes)
+                if index >= count:
+                    break
+            record = records[index]
             if record.topic == tick_topic:
                 ticks.append(index)
+                index += 1
                 continue
             channel = channels.get(record.topic) or self.topology.channel_of(record.topic)
             try:
@@ -311,6 +341,9 @@ class BatchScorer:
                 outcome = "dead_lettered"
             if outcome:
                 outcomes[(channel, outcome)] += 1
+            index += 1
+        if kernel is not None:
+            ticks = sorted(ticks + kernel.ticks)
         for index in ticks:
             record = records[index]
             try:
@@ -332,8 +365,12 @@ class BatchScorer:
                 writes[key] = (entry.last_index, entry.encode())
                 if entry.daily:
                     entry.put_days(key, daily)
+        if kernel is not None:
+            self._finish_kernel(batch, list_days)
         if daily:
             out.daily_writes = daily.writes(list_days)
+        if batch.kernel_daily:  # the kernel's contacts' keys: none of them is in ``daily``
+            out.daily_writes.update(batch.kernel_daily)
         history_size = self.settings.history_size
         for key, (index, placeholder) in list(out.history_writes.items()):
             if placeholder is not None:  # None: erased, a tombstone
@@ -754,6 +791,100 @@ class BatchScorer:
         self._keep(batch, index, record, (key, entry, fields[4]))  # the timestamp
         return "scored" if code == _SCORED else "duplicate"
 
+    # ----------------------------------------------------------- whole batches
+    def _kernel_batch(self, batch: _Batch) -> KernelBatch | None:
+        """The kernel's scorer of this batch (None where the kernel does not score it)."""
+        if self._batch_kernel is None or self._stored_scorer is None:
+            return None
+        identity = self.identity
+
+        def absorbed(key: bytes, index: int) -> bool:  # as IdentityMerge.redirect reads it
+            return identity.alias(batch, key, index).get("alias_of") is not None
+
+        return self._batch_kernel(
+            self._stored_scorer,
+            self._kernel_topics,
+            batch.now_ms,
+            (batch.load_contact, absorbed),
+            (self._make_record, _REPLACED),
+        )
+
+    def _run_kernel(
+        self,
+        batch: _Batch,
+        records: list[InboundRecord],
+        start: int,
+        outcomes: Counter[tuple[str, str]],
+    ) -> int:
+        """Records from ``start`` on, scored by the kernel up to the first it does not take
+        (its index is returned); their outputs are added to the batch as
+        :meth:`_kernel_score` adds them one by one."""
+        out = batch.out
+        base = len(out.sends)
+        kernel = batch.kernel
+        assert kernel is not None
+        result: RunResult = kernel.run(records, start, base)
+        stop, sends, replaced_earlier, replaced, due, moves, labels = result[:7]
+        arrivals, counts, newest = result[7:]
+        if stop == start:
+            return stop
+        out.sends.extend(sends)
+        for position in replaced_earlier:
+            out.sends[position] = _REPLACED
+        batch.replaced += replaced
+        out.due_updates.update(due)
+        out.stage_moves.extend(moves)
+        self._transition_counts.update(labels)
+        out.latency_from_ms.extend(arrivals)
+        channels = self._channels
+        for (topic, outcome), n in counts.items():
+            outcomes[(channels[topic], outcome)] += n
+        kept = batch.newest
+        for topic, event_ms in newest.items():
+            if event_ms > kept.get(topic, -1):
+                kept[topic] = event_ms
+        return int(stop)
+
+    def _entry_of_kernel(self, batch: _Batch, key: bytes, released: Any) -> _Entry | None:
+        """The entry of a contact the kernel held (``KernelBatch.release``), as
+        :meth:`_kernel_score` would have left it; its transitions go into its history."""
+        value, state_at, published, daily, passed, loaded_day, last_index = released[:7]
+        snapshot_at, history, history_index = released[7:]
+        if snapshot_at is not None:
+            batch.snapshot_at[key] = snapshot_at
+        if history:
+            self._add_history(batch, key, history_index, history)
+        if value is None:
+            return None
+        entry = _Entry.of_value(value, self._legacy_sources if state_at is None else ())
+        entry._raw_state_at = state_at
+        entry._published = published
+        entry.daily = daily
+        entry.passed = passed
+        entry._loaded_day = loaded_day
+        entry.last_index = last_index
+        return entry
+
+    def _finish_kernel(self, batch: _Batch, list_days: ListDays | None) -> None:
+        """The table writes of the contacts the kernel still holds at the batch end."""
+        out = batch.out
+        kernel = batch.kernel
+        assert kernel is not None
+        histories, snapshots = kernel.finish(
+            out.contact_writes, batch.kernel_daily, list_days, self.settings.history_days
+        )
+        for key, payloads, index in histories:
+            self._add_history(batch, key, index, payloads)
+        self._snapshot_count += snapshots
+
+    def _add_history(self, batch: _Batch, key: bytes, index: int, payloads: list[bytes]) -> None:
+        """Add a contact's transitions (JSON bytes) to its score history, as
+        :meth:`_send_transition_records` does."""
+        history = self._history(batch, key, index)
+        history.extend(payloads)
+        del history[: -self.settings.history_size]
+        batch.out.history_writes[key] = (index, b"")
+
     def _dead_letter(
         self,
         out: BatchOutcome,
@@ -770,6 +901,11 @@ class BatchScorer:
         cache = batch.contacts
         if key in cache:
             return cache[key]
+        if batch.kernel is not None:
+            released = batch.kernel.release(key)
+            if released is not None:  # the kernel read it in this batch
+                entry = cache[key] = self._entry_of_kernel(batch, key, released)
+                return entry
         raw = batch.load_contact(key, index)
         entry = None
         if raw is not None:

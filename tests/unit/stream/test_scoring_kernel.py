@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from engagement_index.errors import EventRejected
 from engagement_index.kernel import KERNEL_ENV, kernel_available, kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
+from engagement_index.stream.daily import day_of_key
 from engagement_index.stream.scoring import BatchOutcome, BatchScorer, InboundRecord, encode_tick
 from engagement_index.stream.segment_query import ModelView
 from engagement_index.stream.segments import SegmentIndex
@@ -65,12 +67,18 @@ class Tables:
                 else:
                     table[key] = value
 
+    def list_days(self, key: bytes, _index: int, before: int | None) -> list[int]:
+        """The contact's stored days of the daily table (before ``before``), as the worker's
+        prefix seek gives them."""
+        days = (day_of_key(key, k) for k in self.daily)
+        return sorted(d for d in days if d is not None and (before is None or d < before))
 
-def _scorer(model_file: Path) -> BatchScorer:
+
+def _scorer(model_file: Path, history_days: int = 400) -> BatchScorer:
     return BatchScorer(
         model=load_model(model_file),
         topology=TOPOLOGY,
-        settings=Settings(),
+        settings=Settings(history_days=history_days),
         metrics=Metrics(CollectorRegistry()),
         clock_ms=lambda: NOW,
     )
@@ -125,8 +133,44 @@ def _ticks(out: BatchOutcome, until: int) -> list[InboundRecord]:
     ]
 
 
-def _run(model_file: Path) -> list[BatchOutcome]:
-    scorer = _scorer(model_file)
+def _metric_samples(scorer: BatchScorer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The scorer's counters (events by outcome, transitions, snapshots, dead letters)."""
+    registry = cast(Any, scorer.metrics).registry
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+
+
+def _score(
+    model_file: Path,
+    *,
+    whole_batches: bool = True,
+    use: Counter[str] | None = None,
+    history_days: int = 400,
+) -> tuple[list[BatchOutcome], BatchScorer]:
+    """The outcomes of ``model_file``'s workload, batch after batch, and the scorer. The
+    kernel (where it is used) scores whole batches unless ``whole_batches`` is False (then
+    one record at a time); ``use`` counts its runs and the contacts it handed over;
+    ``history_days`` is the daily table's retention (the workload spans 90 days)."""
+    scorer = _scorer(model_file, history_days)
+    if not whole_batches:
+        scorer._batch_kernel = None
+    if use is not None:
+        run, release = scorer._run_kernel, scorer._entry_of_kernel
+
+        def counted_run(*args: Any) -> int:
+            use["runs"] += 1
+            return run(*args)
+
+        def counted_release(*args: Any) -> Any:
+            use["released"] += 1
+            return release(*args)
+
+        patched = cast(Any, scorer)
+        patched._run_kernel, patched._entry_of_kernel = counted_run, counted_release
     tables = Tables()
     outcomes = []
     ticks: list[InboundRecord] = []
@@ -136,23 +180,24 @@ def _run(model_file: Path) -> list[BatchOutcome]:
             records,
             lambda key, _i: tables.contacts.get(key),
             lambda key, _i: tables.history.get(key),
+            tables.list_days,
         )
         tables.apply(out)
         outcomes.append(out)
         last = max(r.timestamp_ms for r in batch)
         ticks = _ticks(out, last + 7 * 86_400_000)
-    return outcomes
+    return outcomes, scorer
 
 
-@pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
-def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
-    model_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert kernel_available(), "the kernel is built by make setup"
-    fast = _run(model_file)
-    monkeypatch.setenv(KERNEL_ENV, "python")
-    assert not kernel_available()
-    slow = _run(model_file)
+def _run(model_file: Path) -> list[BatchOutcome]:
+    return _score(model_file)[0]
+
+
+def _day_deletes(outcomes: list[BatchOutcome]) -> int:
+    return sum(v is None for o in outcomes for _, v in o.daily_writes.values())
+
+
+def _assert_same_outcomes(fast: list[BatchOutcome], slow: list[BatchOutcome]) -> None:
     assert len(fast) == len(slow)
     for n, (a, b) in enumerate(zip(fast, slow, strict=True)):
         assert a.sends == b.sends, f"batch {n}: sends"
@@ -161,7 +206,37 @@ def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
         assert a.daily_writes == b.daily_writes, f"batch {n}: daily"
         assert a.due_updates == b.due_updates, f"batch {n}: due times"
         assert a.stage_moves == b.stage_moves, f"batch {n}: stage moves"
+        assert a.latency_from_ms == b.latency_from_ms, f"batch {n}: arrival times"
+
+
+@pytest.mark.parametrize("history_days", [400, 20])
+@pytest.mark.parametrize("model_file", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_the_kernel_and_the_python_core_give_the_same_batch_outcomes(
+    model_file: Path, history_days: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the kernel scoring whole batches, one record at a time, and not at all; with the
+    daily table's retention beyond the workload's 90 days and within them (deletes)."""
+    assert kernel_available(), "the kernel is built by make setup"
+    use: Counter[str] = Counter()
+    fast, fast_scorer = _score(model_file, use=use, history_days=history_days)
+    one_by_one, one_by_one_scorer = _score(
+        model_file, whole_batches=False, history_days=history_days
+    )
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    assert not kernel_available()
+    slow, slow_scorer = _score(model_file, history_days=history_days)
+    _assert_same_outcomes(fast, slow)
+    _assert_same_outcomes(one_by_one, slow)
+    assert _metric_samples(fast_scorer) == _metric_samples(slow_scorer)
+    assert _metric_samples(one_by_one_scorer) == _metric_samples(slow_scorer)
+    if fast_scorer._members is None:  # the whole-batch kernel scores models without accounts
+        # it stopped at records it does not take and handed contacts it held to the Python
+        # side (re-deliveries, erasures, wake-ups of contacts it scored in the same batch)
+        assert use["runs"] > len(fast), use
+        assert use["released"] > 0, use
     assert sum(len(o.daily_writes) for o in fast) > 0
+    if history_days < 90:  # the retention deleted days (erasures delete days at any setting)
+        assert _day_deletes(fast) > _day_deletes(_run(model_file))
     scores = TOPOLOGY.outbound.scores.name
     # one snapshot per contact per batch (tests/unit/stream/test_snapshots.py)
     for n, o in enumerate(fast):
