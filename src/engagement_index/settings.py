@@ -80,7 +80,12 @@ class Settings(BaseSettings):
         description="a score snapshot when the index moves more than this (a transition makes "
         "one too); a batch sends the last one per contact",
     )
-    batch_size: int = Field(default=1000, ge=1)
+    batch_size: int = Field(
+        default=4000,
+        ge=1,
+        description="the most records one fetch hands to a batch (docs/performance.md: batch "
+        "size)",
+    )
     batch_within_seconds: float = Field(default=0.02, gt=0)
     tick_interval_seconds: float = Field(default=0.2, gt=0)
     tick_retry_seconds: float = Field(default=5.0, gt=0)
