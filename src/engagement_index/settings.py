@@ -83,8 +83,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=4000,
         ge=1,
-        description="the most records one fetch hands to a batch (docs/performance.md: batch "
-        "size)",
+        description="the most records one fetch hands to a batch (docs/performance.md: batch size)",
     )
     batch_within_seconds: float = Field(default=0.02, gt=0)
     tick_interval_seconds: float = Field(default=0.2, gt=0)

@@ -318,76 +318,81 @@ class BatchScorer:
         tick_topic = self._tick_topic
         ticks: list[int] = []
         kernel = batch.kernel = self._kernel_batch(batch)
-        listed = records if isinstance(records, list) else list(records)  # the kernel's form
-        index = 0
-        count = len(records)
-        while index < count:
-            if kernel is not None:  # every record it takes, up to one it does not
-                index = self._run_kernel(batch, listed, index, outcomes)
-                if index >= count:
-                    break
-            record = records[index]
-            if record.topic == tick_topic:
-                ticks.append(index)
+        try:
+            listed = records if isinstance(records, list) else list(records)  # the kernel's form
+            index = 0
+            count = len(records)
+            while index < count:
+                if kernel is not None:  # every record it takes, up to one it does not
+                    index = self._run_kernel(batch, listed, index, outcomes)
+                    if index >= count:
+                        break
+                record = records[index]
+                if record.topic == tick_topic:
+                    ticks.append(index)
+                    index += 1
+                    continue
+                channel = channels.get(record.topic) or self.topology.channel_of(record.topic)
+                try:
+                    outcome = self._process_one(batch, index, record)
+                except Exception as exc:  # a bug must not stop the partition: dead-letter it
+                    self.metrics.errors.labels(where="score").inc()
+                    failure = FailureType.INTERNAL_ERROR
+                    self._dead_letter(out, record, failure, repr(exc), batch.now_ms)
+                    outcome = "dead_lettered"
+                if outcome:
+                    outcomes[(channel, outcome)] += 1
                 index += 1
-                continue
-            channel = channels.get(record.topic) or self.topology.channel_of(record.topic)
-            try:
-                outcome = self._process_one(batch, index, record)
-            except Exception as exc:  # a bug must not stop the partition: dead-letter it
-                self.metrics.errors.labels(where="score").inc()
-                failure = FailureType.INTERNAL_ERROR
-                self._dead_letter(out, record, failure, repr(exc), batch.now_ms)
-                outcome = "dead_lettered"
-            if outcome:
-                outcomes[(channel, outcome)] += 1
-            index += 1
-        if kernel is not None:
-            ticks = sorted(ticks + kernel.ticks)
-        for index in ticks:
-            record = records[index]
-            try:
-                if record.partition in held:
-                    self._defer_tick(batch, index, record)
-                else:
-                    self._process_tick(batch, index, record)
-            except Exception as exc:  # a bug must not stop the partition: dead-letter it
-                self.metrics.errors.labels(where="score").inc()
-                failure = FailureType.INTERNAL_ERROR
-                self._dead_letter(out, record, failure, repr(exc), batch.now_ms)
-        contacts = batch.contacts
-        histories = batch.histories
-        now_ms = batch.now_ms
-        newest = batch.newest
-        writes = out.contact_writes
-        for key, entry in contacts.items():
-            if entry is not None and entry.last_index >= 0:
-                writes[key] = (entry.last_index, entry.encode())
-                if entry.daily:
-                    entry.put_days(key, daily)
-        if kernel is not None:
-            self._finish_kernel(batch, list_days)
-        if daily:
-            out.daily_writes = daily.writes(list_days)
-        if batch.kernel_daily:  # the kernel's contacts' keys: none of them is in ``daily``
-            out.daily_writes.update(batch.kernel_daily)
-        history_size = self.settings.history_size
-        for key, (index, placeholder) in list(out.history_writes.items()):
-            if placeholder is not None:  # None: erased, a tombstone
-                entries = histories[key][-history_size:]
-                out.history_writes[key] = (index, b"[" + b",".join(entries) + b"]")
-        consumed = self.metrics.events_consumed
-        for (channel, outcome), count in outcomes.items():
-            consumed.labels(channel=channel, outcome=outcome).inc(count)
-        if batch.replaced:
-            out.sends = [r for r in out.sends if r is not _REPLACED]
-        self._snapshot_count += len(batch.snapshot_at)
-        self._count_outputs()
-        for topic, event_ms in newest.items():
-            self.metrics.event_time_lag.labels(channel=channels[topic]).set(
-                max(0.0, (now_ms - event_ms) / 1000)
-            )
-        return out
+            if kernel is not None:
+                ticks = sorted(ticks + kernel.ticks)
+            for index in ticks:
+                record = records[index]
+                try:
+                    if record.partition in held:
+                        self._defer_tick(batch, index, record)
+                    else:
+                        self._process_tick(batch, index, record)
+                except Exception as exc:  # a bug must not stop the partition: dead-letter it
+                    self.metrics.errors.labels(where="score").inc()
+                    failure = FailureType.INTERNAL_ERROR
+                    self._dead_letter(out, record, failure, repr(exc), batch.now_ms)
+            contacts = batch.contacts
+            histories = batch.histories
+            now_ms = batch.now_ms
+            newest = batch.newest
+            writes = out.contact_writes
+            for key, entry in contacts.items():
+                if entry is not None and entry.last_index >= 0:
+                    writes[key] = (entry.last_index, entry.encode())
+                    if entry.daily:
+                        entry.put_days(key, daily)
+            if kernel is not None:
+                self._finish_kernel(batch, list_days)
+            if daily:
+                out.daily_writes = daily.writes(list_days)
+            if batch.kernel_daily:  # the kernel's contacts' keys: none of them is in ``daily``
+                out.daily_writes.update(batch.kernel_daily)
+            history_size = self.settings.history_size
+            for key, (index, placeholder) in list(out.history_writes.items()):
+                if placeholder is not None:  # None: erased, a tombstone
+                    entries = histories[key][-history_size:]
+                    out.history_writes[key] = (index, b"[" + b",".join(entries) + b"]")
+            consumed = self.metrics.events_consumed
+            for (channel, outcome), count in outcomes.items():
+                consumed.labels(channel=channel, outcome=outcome).inc(count)
+            if batch.replaced:
+                out.sends = [r for r in out.sends if r is not _REPLACED]
+            self._snapshot_count += len(batch.snapshot_at)
+            self._count_outputs()
+            for topic, event_ms in newest.items():
+                self.metrics.event_time_lag.labels(channel=channels[topic]).set(
+                    max(0.0, (now_ms - event_ms) / 1000)
+                )
+            return out
+        finally:
+            # the kernel refers to the batch (its alias check reads the batch's aliases) and
+            # the batch to it: a cycle through Rust, which the garbage collector cannot see
+            batch.kernel = None
 
     def _count_outputs(self) -> None:
         """Add the batch's transitions and snapshots to the metrics (one call per label set)."""

@@ -11,6 +11,7 @@ offsets, repeated event ids, decay wake-ups and bad records.
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
 from collections import Counter
@@ -34,7 +35,13 @@ from engagement_index.kernel import KERNEL_ENV, kernel_available, kernel_for
 from engagement_index.metrics import Metrics
 from engagement_index.settings import Settings
 from engagement_index.stream.daily import day_of_key
-from engagement_index.stream.scoring import BatchOutcome, BatchScorer, InboundRecord, encode_tick
+from engagement_index.stream.scoring import (
+    BatchOutcome,
+    BatchScorer,
+    InboundRecord,
+    _Batch,
+    encode_tick,
+)
 from engagement_index.stream.segment_query import ModelView
 from engagement_index.stream.segments import SegmentIndex
 from engagement_index.stream.stored import StoredContact
@@ -544,3 +551,24 @@ def test_the_kernel_places_keys_as_canonical_partition(
     got = kernel.recover(key, raw, partitions)
     assert got is not None
     assert got[0] == canonical_partition(key, partitions)
+
+
+def test_a_scored_batch_leaves_nothing_behind() -> None:
+    """The whole-batch kernel refers to its batch (the alias check reads the batch's aliases)
+    and the batch to it; the garbage collector cannot follow references held in Rust, so the
+    scorer must drop the pair itself once the batch is scored, or every batch stays in memory."""
+    assert kernel_available(), "the kernel is built by make setup"
+    model_file = ROOT / "config" / "models" / "default.yaml"
+    scorer = _scorer(model_file)
+    assert scorer._batch_kernel is not None
+    tables = Tables()
+    for batch in _records(model_file)[:4]:
+        out = scorer.process(
+            batch,
+            lambda key, _i: tables.contacts.get(key),
+            lambda key, _i: tables.history.get(key),
+        )
+        tables.apply(out)
+    gc.collect()
+    left = [o for o in gc.get_objects() if isinstance(o, _Batch)]
+    assert left == [], f"{len(left)} batches still in memory"
