@@ -79,6 +79,30 @@ struct Topics {
     scores: String,
 }
 
+/// A record's fields from its tuple's items (None: not the types an `InboundRecord` has).
+fn record_ref<'a>(
+    t: &Bound<'_, PyTuple>,
+    topic: &'a Borrowed<'a, '_, PyAny>,
+    key: &'a Borrowed<'a, '_, PyAny>,
+    value: &'a Borrowed<'a, '_, PyAny>,
+) -> Option<RecordRef<'a>> {
+    let bytes = |item: &'a Borrowed<'a, '_, PyAny>| -> Option<Option<&'a [u8]>> {
+        if item.is_none() {
+            Some(None)
+        } else {
+            item.extract().ok().map(Some)
+        }
+    };
+    Some(RecordRef {
+        topic: topic.extract().ok()?,
+        partition: t.get_borrowed_item(1).ok()?.extract().ok()?,
+        offset: t.get_borrowed_item(2).ok()?.extract().ok()?,
+        key: bytes(key)?,
+        value: bytes(value)?,
+        timestamp: t.get_borrowed_item(5).ok()?.extract().ok()?,
+    })
+}
+
 /// One record of the batch, read from an `InboundRecord`.
 struct RecordRef<'a> {
     topic: &'a str,
@@ -198,24 +222,8 @@ impl KernelBatch {
                 t.get_borrowed_item(3)?,
                 t.get_borrowed_item(4)?,
             );
-            let r_topic: &str = topic.extract()?;
-            let r_key: Option<&[u8]> = if key.is_none() {
-                None
-            } else {
-                Some(key.extract()?)
-            };
-            let r_value: Option<&[u8]> = if value.is_none() {
-                None
-            } else {
-                Some(value.extract()?)
-            };
-            let r = RecordRef {
-                topic: r_topic,
-                partition: t.get_borrowed_item(1)?.extract()?,
-                offset: t.get_borrowed_item(2)?.extract()?,
-                key: r_key,
-                value: r_value,
-                timestamp: t.get_borrowed_item(5)?.extract()?,
+            let Some(r) = record_ref(t, &topic, &key, &value) else {
+                break; // not the types the Python side makes: it decides
             };
             if r.topic == self.topics.ticks {
                 self.ticks.push(index);
@@ -235,24 +243,32 @@ impl KernelBatch {
                 break;
             }
             if !self.slots.contains_key(key) {
-                let loaded = self.load.bind(py).call1((PyBytes::new(py, key), index))?;
+                // a read that fails is left to the Python side, which reads again and
+                // dead-letters the record if that fails too (as for every record it scores)
+                let Ok(loaded) = self.load.bind(py).call1((PyBytes::new(py, key), index)) else {
+                    break;
+                };
                 let mut slot = Slot {
                     last_index: -1,
                     history_index: -1,
                     ..Slot::default()
                 };
                 if loaded.is_none() {
-                    let alias = self
+                    let absorbed = self
                         .absorbed
                         .bind(py)
-                        .call1((PyBytes::new(py, key), index))?;
+                        .call1((PyBytes::new(py, key), index))
+                        .and_then(|alias| alias.is_truthy());
                     self.slots.insert(key.to_vec(), slot);
                     self.order.push(key.to_vec());
-                    if alias.is_truthy()? {
-                        break; // an absorbed id: the Python side forwards it
+                    if absorbed.unwrap_or(true) {
+                        break; // an absorbed id (or a failed read): the Python side decides
                     }
                 } else {
-                    slot.value = Some(loaded.downcast::<PyBytes>()?.as_bytes().to_vec());
+                    let Ok(bytes) = loaded.downcast::<PyBytes>() else {
+                        break;
+                    };
+                    slot.value = Some(bytes.as_bytes().to_vec());
                     self.slots.insert(key.to_vec(), slot);
                     self.order.push(key.to_vec());
                 }
@@ -269,11 +285,12 @@ impl KernelBatch {
                 ts: fields.ts,
             };
             let record = (source, r.offset, r.timestamp);
-            let outcome =
-                scorer.score_event(slot.value.as_deref(), slot.published, &event, record)?;
+            let outcome = scorer.score_event(slot.value.as_deref(), slot.published, &event, record);
             let applied = match outcome {
-                ScoreOutcome::Applied(a) => a,
-                _ => break, // the Python side decides (and words an error)
+                Ok(ScoreOutcome::Applied(a)) => a,
+                // the Python side decides: it scores the record one by one (and dead-letters
+                // it if that fails: never a failed batch for one record's sake)
+                _ => break,
             };
             let topic_outcome;
             if applied.code == 2 {

@@ -572,3 +572,32 @@ def test_a_scored_batch_leaves_nothing_behind() -> None:
     gc.collect()
     left = [o for o in gc.get_objects() if isinstance(o, _Batch)]
     assert left == [], f"{len(left)} batches still in memory"
+
+
+def test_a_failed_table_read_fails_one_record_as_without_the_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A contact whose stored value cannot be read: its records are dead-lettered (an internal
+    error) and the rest of the batch is scored, with the kernel on whole batches exactly as
+    with the Python core (the kernel's run leaves the record to the Python side)."""
+    assert kernel_available(), "the kernel is built by make setup"
+    model_file = ROOT / "config" / "models" / "default.yaml"
+    batch = _records(model_file)[0]
+    broken = next(r.key for r in batch if r.key is not None)
+
+    def score() -> BatchOutcome:
+        def load(key: bytes, _index: int) -> bytes | None:
+            if key == broken:
+                raise OSError("the disk went away")
+            return None
+
+        return _scorer(model_file).process(batch, load, lambda _key, _i: None)
+
+    fast = score()
+    monkeypatch.setenv(KERNEL_ENV, "python")
+    slow = score()
+    _assert_same_outcomes([fast], [slow])
+    dead = [r for r in fast.sends if r.topic == TOPOLOGY.outbound.dead_letters.name]
+    assert dead, "the unreadable contact's records are dead letters"
+    assert all(r.key is not None for r in dead)
+    assert len(fast.contact_writes) > 1
