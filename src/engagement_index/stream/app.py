@@ -280,14 +280,14 @@ class Worker:
         order, retries included). The consumer acknowledges the batch's records when the
         returned future is done, so no offset is committed past a changelog that is behind
         the store, and a rebalance waits for it; meanwhile the next batch is scored."""
-        staged: list[TableTransaction] = []
-
-        async def score() -> None:
-            staged.append(await self.score_batch(events))
-
-        await until_done(score, self.metrics, "batch", f"batch of {len(events)} records")
+        transaction = await until_done(
+            lambda: self.score_batch(events),
+            self.metrics,
+            "batch",
+            f"batch of {len(events)} records",
+        )
         previous = self._changelog_tail
-        sent = asyncio.ensure_future(self._send_changelog_after(previous, staged[-1]))
+        sent = asyncio.ensure_future(self._send_changelog_after(previous, transaction))
         self._changelog_tail = sent
         return sent
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from faust.types import TP
 from rocksdict import WriteBatch
@@ -31,6 +31,8 @@ from engagement_index.metrics import Metrics
 from engagement_index.stream.produce import Record, SentGroup, send_batched
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: table key -> (index in the batch of the record that last touched it, value or None: delete)
 Writes = dict[bytes, tuple[int, bytes | None]]
@@ -42,18 +44,17 @@ def retry_delay(attempt: int) -> float:
 
 
 async def until_done(
-    process: Callable[[], Awaitable[None]], metrics: Metrics, where: str, what: str
-) -> None:
-    """Run ``process`` (one batch) until it returns, with back-off (:func:`retry_delay`): no
-    exception but a cancellation leaves. Each failure is logged and counted in
-    ``engagement_batch_failures_total{step=...}`` (the ``BatchWriteError``'s step, else
-    ``score``) and ``engagement_worker_errors_total{where=...}``; ``what`` names the batch in
-    the log."""
+    process: Callable[[], Awaitable[T]], metrics: Metrics, where: str, what: str
+) -> T:
+    """Run ``process`` (one batch) until it returns, with back-off (:func:`retry_delay`), and
+    give what it returned: no exception but a cancellation leaves. Each failure is logged and
+    counted in ``engagement_batch_failures_total{step=...}`` (the ``BatchWriteError``'s step,
+    else ``score``) and ``engagement_worker_errors_total{where=...}``; ``what`` names the
+    batch in the log."""
     attempt = 0
     while True:
         try:
-            await process()
-            return
+            return await process()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
