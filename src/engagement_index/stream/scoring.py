@@ -64,7 +64,7 @@ from engagement_index.stream.stored import (
 from engagement_index.topology import Topology
 
 if TYPE_CHECKING:
-    from engagement_index._kernel import KernelBatch, RunResult
+    from engagement_index._kernel import KernelBatch
 
 TICK = struct.Struct("<q")
 _CLOCK = struct.Struct("<q")  # a stored state's clock, at byte 2 (engagement_index.core.state)
@@ -195,8 +195,6 @@ class _Batch:
     #: the kernel's whole-batch scorer (None: not used); it holds the contacts it scored
     #: until the Python side reads them (:meth:`BatchScorer._load`)
     kernel: KernelBatch | None = None
-    #: the daily-table writes of the contacts the kernel held to the batch end
-    kernel_daily: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)
 
 
 class BatchScorer:
@@ -366,12 +364,10 @@ class BatchScorer:
                     writes[key] = (entry.last_index, entry.encode())
                     if entry.daily:
                         entry.put_days(key, daily)
-            if kernel is not None:
-                self._finish_kernel(batch, list_days)
             if daily:
                 out.daily_writes = daily.writes(list_days)
-            if batch.kernel_daily:  # the kernel's contacts' keys: none of them is in ``daily``
-                out.daily_writes.update(batch.kernel_daily)
+            if kernel is not None:  # its contacts' day keys: none of them is in ``daily``
+                self._finish_kernel(batch, list_days)
             history_size = self.settings.history_size
             for key, (index, placeholder) in list(out.history_writes.items()):
                 if placeholder is not None:  # None: erased, a tombstone
@@ -828,9 +824,9 @@ class BatchScorer:
         base = len(out.sends)
         kernel = batch.kernel
         assert kernel is not None
-        result: RunResult = kernel.run(records, start, base)
-        stop, sends, replaced_earlier, replaced, due, moves, labels = result[:7]
-        arrivals, counts, newest = result[7:]
+        (stop, sends, replaced_earlier, replaced, due, moves, labels, arrivals, counts, newest) = (
+            kernel.run(records, start, base)
+        )
         if stop == start:
             return stop
         out.sends.extend(sends)
@@ -848,7 +844,7 @@ class BatchScorer:
         for topic, event_ms in newest.items():
             if event_ms > kept.get(topic, -1):
                 kept[topic] = event_ms
-        return int(stop)
+        return stop
 
     def _entry_of_kernel(self, batch: _Batch, key: bytes, released: Any) -> _Entry | None:
         """The entry of a contact the kernel held (``KernelBatch.release``), as
@@ -876,7 +872,7 @@ class BatchScorer:
         kernel = batch.kernel
         assert kernel is not None
         histories, snapshots = kernel.finish(
-            out.contact_writes, batch.kernel_daily, list_days, self.settings.history_days
+            out.contact_writes, out.daily_writes, list_days, self.settings.history_days
         )
         for key, payloads, index in histories:
             self._add_history(batch, key, index, payloads)
