@@ -44,6 +44,15 @@ fn day_key(contact_key: &[u8], day: i64) -> PyResult<Vec<u8>> {
     Ok(key)
 }
 
+/// `items` as a list of `bytes` (a contact's history transitions).
+fn byte_list<'py>(py: Python<'py>, items: &[Vec<u8>]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for item in items {
+        list.append(PyBytes::new(py, item))?;
+    }
+    Ok(list)
+}
+
 /// A contact this batch holds (`_Entry` in its raw form, with its batch bookkeeping).
 #[derive(Default)]
 struct Slot {
@@ -136,13 +145,13 @@ pub struct KernelBatch {
 fn send<'py>(
     make: &Bound<'py, PyAny>,
     topic: &str,
-    key: &[u8],
+    key: &Bound<'py, PyBytes>,
     value: &[u8],
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = make.py();
     let fields = (
         topic,
-        PyBytes::new(py, key),
+        key,
         PyBytes::new(py, value),
         PyTuple::empty(py),
         py.None(),
@@ -242,10 +251,11 @@ impl KernelBatch {
             if self.released.contains(key) {
                 break;
             }
+            let py_key = PyBytes::new(py, key);
             if !self.slots.contains_key(key) {
                 // a read that fails is left to the Python side, which reads again and
                 // dead-letters the record if that fails too (as for every record it scores)
-                let Ok(loaded) = self.load.bind(py).call1((PyBytes::new(py, key), index)) else {
+                let Ok(loaded) = self.load.bind(py).call1((&py_key, index)) else {
                     break;
                 };
                 let mut slot = Slot {
@@ -257,7 +267,7 @@ impl KernelBatch {
                     let absorbed = self
                         .absorbed
                         .bind(py)
-                        .call1((PyBytes::new(py, key), index))
+                        .call1((&py_key, index))
                         .and_then(|alias| alias.is_truthy());
                     self.slots.insert(key.to_vec(), slot);
                     self.order.push(key.to_vec());
@@ -295,10 +305,10 @@ impl KernelBatch {
             let topic_outcome;
             if applied.code == 2 {
                 topic_outcome = "scored";
-                due.set_item(PyBytes::new(py, key), (r.partition, applied.due))?;
+                due.set_item(&py_key, (r.partition, applied.due))?;
                 for t in &applied.transitions {
                     let make = self.make_record.bind(py);
-                    sends.append(send(make, &self.topics.stage_changes, key, &t.payload)?)?;
+                    sends.append(send(make, &self.topics.stage_changes, &py_key, &t.payload)?)?;
                     let lc = &model.lifecycles[t.lifecycle];
                     let from = t.from_stage.map(|f| lc.stages[f].name.as_str());
                     let to = lc.stages[t.to_stage].name.as_str();
@@ -320,7 +330,7 @@ impl KernelBatch {
                     sends.append(send(
                         self.make_record.bind(py),
                         &self.topics.scores,
-                        key,
+                        &py_key,
                         snapshot,
                     )?)?;
                 }
@@ -411,10 +421,7 @@ impl KernelBatch {
             }
             d.into_any()
         };
-        let history = PyList::empty(py);
-        for payload in &slot.history {
-            history.append(PyBytes::new(py, payload))?;
-        }
+        let history = byte_list(py, &slot.history)?;
         PyTuple::new(
             py,
             [
@@ -512,10 +519,7 @@ impl KernelBatch {
                 }
             }
             if !slot.history.is_empty() {
-                let payloads = PyList::empty(py);
-                for payload in &slot.history {
-                    payloads.append(PyBytes::new(py, payload))?;
-                }
+                let payloads = byte_list(py, &slot.history)?;
                 histories.append((py_key, payloads, slot.history_index))?;
             }
             snapshots += usize::from(slot.snapshot_at.is_some());
