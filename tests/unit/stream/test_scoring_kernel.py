@@ -142,10 +142,9 @@ def _ticks(out: BatchOutcome, until: int) -> list[InboundRecord]:
 
 def _metric_samples(scorer: BatchScorer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The scorer's counters (events by outcome, transitions, snapshots, dead letters)."""
-    registry = cast(Any, scorer.metrics).registry
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in registry.collect()
+        for family in scorer.metrics.registry.collect()
         for s in family.samples
         if s.name.endswith("_total")
     }
