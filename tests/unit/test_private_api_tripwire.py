@@ -228,7 +228,6 @@ MEMBERS: tuple[Member, ...] = (
            used_by=f"{_SRC}stream/bulk.py STORE_SCHEME (the store URL scheme of BulkStore)"),
     Member("faust-streaming", STORE, "_db_for_partition", "method", "(self, partition)",
            "sync"),
-    Member("faust-streaming", STORE, "_key_index", "attribute"),
     Member("faust-streaming", STORE, "_visible_items", "method", "(self, db)", "sync"),
     Member("faust-streaming", STORE, "set_persisted_offset", "method", "(self, tp, offset)",
            "sync", used_by=_WRITES),

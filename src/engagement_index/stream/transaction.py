@@ -82,11 +82,14 @@ class TableTransaction:
         self._changelog: list[Record] = []
 
     def stage(self, table: Any, writes: Writes, partition_of: Callable[[int], int]) -> None:
-        """Add ``writes`` to ``table`` (a Faust table) to the transaction."""
+        """Add ``writes`` to ``table`` (a Faust table) to the transaction.
+
+        Faust's key index (its cache of the partition of a key, for reads without a partition)
+        is not kept: every read of these tables names its partition (:func:`stored_value`),
+        and a key the index does not hold is looked up in every partition's database."""
         if not writes:
             return
         store = table.data
-        key_index = store._key_index
         topic = table.changelog_topic.get_topic_name()
         batches: dict[int, WriteBatch] = {}
         changelog = self._changelog
@@ -97,10 +100,8 @@ class TableTransaction:
                 batch = batches[partition] = WriteBatch(raw_mode=True)
             if value is None:  # erased: a tombstone in the changelog
                 batch.delete(key)
-                key_index.pop(key, None)
             else:
                 batch.put(key, value)
-                key_index[key] = partition
             changelog.append((topic, key, value, partition, None, None))
         self._stores.append((store, topic, batches))
 
