@@ -144,12 +144,11 @@ MEMBERS: tuple[Member, ...] = (
            used_by=_APPLY),
     Member("faust-streaming", RECOVERY, "flush_buffers", "method", "(self)", "sync",
            used_by=_APPLY),
-    Member("faust-streaming", "faust.tables.base:Collection", "apply_changelog_batch", "method",
-           "(self, batch)", "sync", used_by=_APPLY),
     Member("faust-streaming", STORE, "apply_changelog_batch", "method",
            "(self, batch, to_key, to_value)", "sync", used_by=_APPLY,
            source_sha256="ec7d6bb0b21540ce",
-           why="apply_changelog passes it events that carry nothing but .message"),
+           why="apply_changelog writes a fetch as it does (a raw-mode write batch per "
+           "partition, a delete per tombstone, then each partition's persisted offset)"),
     # ------------------------------------------------------------------- Faust consumer
     Member("faust-streaming", CONSUMER, "_drain_messages", "override", "(self, fetcher)",
            "await", ours=BULK_CONSUMER, called_from=f"{FETCHER}._fetcher",
