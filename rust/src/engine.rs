@@ -126,19 +126,62 @@ fn union(sets: Vec<Intervals>) -> Intervals {
     out
 }
 
+/// The vectors a `Work` keeps besides its state, handed from one `Work` to the next by a loop
+/// that steps many contacts (`Work::with_buffers`, `Work::into_buffers`), so that stepping an
+/// event allocates none of them again.
+#[derive(Default)]
+pub struct Buffers {
+    transitions: Vec<Transition>,
+    last_reported: Vec<Option<f64>>,
+    prev_values: Vec<f64>,
+    prev_stages: Vec<usize>,
+}
+
+impl Buffers {
+    /// The transitions of the `Work` these were taken from (`Work::into_buffers`).
+    pub fn transitions(&self) -> &[Transition] {
+        &self.transitions
+    }
+}
+
 impl<'m> Work<'m> {
     pub fn new(s: State, cm: &'m Model) -> Work<'m> {
-        let n = cm.lifecycles.len();
-        let prev_values = s.values.clone();
-        let prev_stages = s.stages.clone();
+        Work::with_buffers(s, cm, Buffers::default())
+    }
+
+    /// `Work::new` in `buffers` (their contents are replaced: no transitions, nothing
+    /// reported, the previous values and stages those of `s`).
+    pub fn with_buffers(s: State, cm: &'m Model, buffers: Buffers) -> Work<'m> {
+        let Buffers {
+            mut transitions,
+            mut last_reported,
+            mut prev_values,
+            mut prev_stages,
+        } = buffers;
+        transitions.clear();
+        last_reported.clear();
+        last_reported.resize(cm.lifecycles.len(), None);
+        prev_values.clone_from(&s.values);
+        prev_stages.clone_from(&s.stages);
         Work {
             cm,
             s,
-            transitions: Vec::new(),
-            last_reported: vec![None; n],
+            transitions,
+            last_reported,
             prev_values,
             prev_stages,
         }
+    }
+
+    /// The state and the buffers (the transitions still in them) for the next `with_buffers`.
+    pub fn into_buffers(self) -> (State, Buffers) {
+        let buffers = Buffers {
+            transitions: self.transitions,
+            last_reported: self.last_reported,
+            prev_values: self.prev_values,
+            prev_stages: self.prev_stages,
+        };
+        (self.s, buffers)
     }
 
     /// The state before a contact's first event: nothing yet, at the event's time.

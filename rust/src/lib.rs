@@ -16,7 +16,7 @@ mod segments;
 mod state;
 mod stored;
 
-use engine::{rfc3339, write_rfc3339, Snapshot, Transition, Work};
+use engine::{rfc3339, write_rfc3339, Buffers, Snapshot, Transition, Work};
 use foldhash::{HashMap, HashMapExt};
 use model::Model;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -24,7 +24,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
@@ -833,6 +832,10 @@ struct Contacts {
     seen: HashMap<String, replay::Seen>,
     /// keys in the order of their first applied events (the replay's)
     order: Vec<String>,
+    /// the replay's: a contact's key is made in `key_buffer` (no allocation but for a new
+    /// contact) and its event stepped in `buffers`
+    key_buffer: String,
+    buffers: Buffers,
     rules: ReplayRules,
     /// the largest event timestamp read: the default arrival time
     arrival_clock: i64,
@@ -864,6 +867,8 @@ impl Contacts {
             states: HashMap::new(),
             seen: HashMap::new(),
             order: Vec::new(),
+            key_buffer: String::new(),
+            buffers: Buffers::default(),
             rules: ReplayRules {
                 window: 72 * 3_600_000,
                 until: None,
@@ -910,10 +915,14 @@ impl Contacts {
             self.arrival_clock = ts;
         }
         let arrival = arrival.unwrap_or(self.arrival_clock);
-        let key = key_of(tenant, contact_id);
+        let key = &mut self.key_buffer;
+        key.clear();
+        key.push_str(tenant);
+        key.push('\x1f');
+        key.push_str(contact_id);
         let digest = replay::digest(event_id);
         let window = self.rules.window;
-        match self.seen.get_mut(&key) {
+        match self.seen.get_mut(key.as_str()) {
             Some(seen) => {
                 if !seen.admit(digest, arrival, window) {
                     return Ok(Taken::Duplicate);
@@ -929,23 +938,28 @@ impl Contacts {
         if self.max_event.is_none_or(|m| ts > m) {
             self.max_event = Some(ts);
         }
-        // one lookup: the state is taken out of its slot, stepped and put back
+        // the state is taken out of its slot, stepped and put back
         let model = &*self.model;
-        let (slot, first) = match self.states.entry(key) {
-            Entry::Occupied(o) => (o.into_mut(), false),
-            Entry::Vacant(v) => (
-                v.insert(Work::new_state(tenant, contact_id, ts, model)),
-                true,
-            ),
+        let (slot, first) = match self.states.get_mut(key.as_str()) {
+            Some(slot) => (slot, false),
+            None => {
+                let new = Work::new_state(tenant, contact_id, ts, model);
+                (self.states.entry(key.clone()).or_insert(new), true)
+            }
         };
-        let mut work = Work::new(std::mem::take(slot), model);
+        let buffers = std::mem::take(&mut self.buffers);
+        let mut work = Work::with_buffers(std::mem::take(slot), model, buffers);
         let stepped = work.step(rule, ts, event_id, first);
-        *slot = std::mem::take(&mut work.s);
-        stepped?; // the replay stops there (a bug)
-        for t in &work.transitions {
-            transition_json(model, out, slot, t);
-        }
-        Ok(Taken::Applied(work.transitions.len() as u64))
+        let (state, buffers) = work.into_buffers();
+        *slot = state;
+        let applied = stepped.map(|()| {
+            for t in buffers.transitions() {
+                transition_json(model, out, slot, t);
+            }
+            buffers.transitions().len() as u64
+        });
+        self.buffers = buffers;
+        Ok(Taken::Applied(applied?)) // an error: the replay stops there (a bug)
     }
 
     /// The time-driven changes due by `horizon`, ordered by time then contact; `emit` gets
