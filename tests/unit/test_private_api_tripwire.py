@@ -147,8 +147,10 @@ MEMBERS: tuple[Member, ...] = (
     Member("faust-streaming", STORE, "apply_changelog_batch", "method",
            "(self, batch, to_key, to_value)", "sync", used_by=_APPLY,
            source_sha256="ec7d6bb0b21540ce",
-           why="apply_changelog writes a fetch as it does (a raw-mode write batch per "
-           "partition, a delete per tombstone, then each partition's persisted offset)"),
+           why="not called: apply_changelog re-implements it (a raw-mode write batch per "
+           "partition, a delete per tombstone, then each partition's persisted offset), so "
+           "its source is fingerprinted; the signature is checked so that the entry fails "
+           "when the method changes shape"),
     # ------------------------------------------------------------------- Faust consumer
     Member("faust-streaming", CONSUMER, "_drain_messages", "override", "(self, fetcher)",
            "await", ours=BULK_CONSUMER, called_from=f"{FETCHER}._fetcher",

@@ -85,8 +85,11 @@ class TableTransaction:
         """Add ``writes`` to ``table`` (a Faust table) to the transaction.
 
         Faust's key index (its cache of the partition of a key, for reads without a partition)
-        is not kept: every read of these tables names its partition (:func:`stored_value`),
-        and a key the index does not hold is looked up in every partition's database."""
+        is not kept: every read of these tables names its partition (:func:`stored_value`,
+        ``_db_for_partition``). The tables' mapping API (``table[key]``, ``key in table``,
+        ``get``, ``del``) is not to be used on them: without the index it looks in every
+        partition's database and could find a copy a partition this worker no longer owns
+        left behind."""
         if not writes:
             return
         store = table.data
