@@ -52,6 +52,7 @@ from engagement_index.stream.daily import (
     closing_day,
     points,
     series_range,
+    stored_day_numbers,
     stored_days,
 )
 from engagement_index.stream.due_index import DueIndex
@@ -319,10 +320,16 @@ class Worker:
             return stored_value(self.history, records[index].partition, key)
 
         daily_store: Any = self.daily.data
+        # one iterator per partition of the daily table for the batch's scoring: nothing
+        # writes that table before the scoring ends (the transaction below does)
+        cursors: dict[int, Any] = {}
 
         def list_days(key: bytes, index: int, before: int | None) -> list[int]:
-            db = daily_store._db_for_partition(records[index].partition)
-            return [day for day, _ in stored_days(db, key, before)]
+            partition = records[index].partition
+            cursor = cursors.get(partition)
+            if cursor is None:
+                cursor = cursors[partition] = daily_store._db_for_partition(partition).iter()
+            return stored_day_numbers(cursor, key, before)
 
         def load_alias(key: bytes, index: int) -> bytes | None:
             return stored_value(self.aliases, records[index].partition, key)
@@ -330,9 +337,12 @@ class Worker:
         ticks = self.topology.internal.ticks.name
         woken = {r.partition for r in records if r.topic == ticks}
         held = [p for p in woken if not await self._caught_up(p)] if woken else []
-        outcome = self.scorer.process(
-            records, load_contact, load_history, list_days, held, load_alias=load_alias
-        )
+        try:
+            outcome = self.scorer.process(
+                records, load_contact, load_history, list_days, held, load_alias=load_alias
+            )
+        finally:
+            cursors.clear()  # before an await: a rebalance may close the databases
         await self.send_outputs(outcome.sends)
         transaction = TableTransaction(self._aio_producer())
         transaction.stage(self.contacts, outcome.contact_writes, lambda i: records[i].partition)

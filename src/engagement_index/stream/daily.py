@@ -272,15 +272,29 @@ def stored_days(db: Any, contact_key: bytes, before: int | None) -> Iterator[tup
     """``(day, value)`` of the contact's keys in ``db`` (a partition's RocksDB, raw mode), in
     day order; only the days before ``before`` if it is given. One seek, then the keys of the
     prefix (those of another contact whose id extends this one are skipped)."""
+    cursor = db.iter()
+    for day in _walk_days(cursor, contact_key, before):
+        yield day, bytes(cursor.value())
+
+
+def stored_day_numbers(cursor: Any, contact_key: bytes, before: int | None) -> list[int]:
+    """The days of :func:`stored_days`, without reading their values, found by ``cursor``: an
+    iterator over a partition's RocksDB that a batch reuses for every contact it looks up (a
+    seek each; it sees the database as it was when the iterator was made)."""
+    return list(_walk_days(cursor, contact_key, before))
+
+
+def _walk_days(cursor: Any, contact_key: bytes, before: int | None) -> Iterator[int]:
+    """Seek ``cursor`` to the contact's first day key; the day of each of its keys (before
+    ``before``), with ``cursor`` on that key."""
     start = prefix(contact_key)
     stop = day_key(contact_key, before) if before is not None else None
-    it = db.iter()
-    it.seek(start)
-    while it.valid():
-        key = bytes(it.key())
+    cursor.seek(start)
+    while cursor.valid():
+        key = bytes(cursor.key())
         if not key.startswith(start) or (stop is not None and key >= stop):
             break
         day = day_of_key(contact_key, key)
         if day is not None:
-            yield day, bytes(it.value())
-        it.next()
+            yield day
+        cursor.next()

@@ -30,6 +30,7 @@ from engagement_index.stream.daily import (
     expired,
     points,
     series_range,
+    stored_day_numbers,
     stored_days,
 )
 from engagement_index.stream.transaction import TableTransaction
@@ -236,6 +237,24 @@ def test_stored_days_is_one_prefix_seek_in_a_rocksdb(tmp_path: Path) -> None:
     assert list(stored_days(db, KEY, None)) == [(3, b"s3"), (5, b"s5"), (9, b"s9")]
     assert list(stored_days(db, KEY, 9)) == [(3, b"s3"), (5, b"s5")]
     assert list(stored_days(db, longer, None)) == [(4, b"other")]
+    db.close()
+
+
+def test_one_cursor_finds_the_days_of_every_contact_in_any_order(tmp_path: Path) -> None:
+    rocksdict = pytest.importorskip("rocksdict")
+    db = rocksdict.Rdict(str(tmp_path / "db"), rocksdict.Options(raw_mode=True))
+    # ids that extend one another (their day keys share prefixes), one without days
+    keys = [ContactKey("acme", name).encode() for name in ("c", "c-1", "c-1\x1f", "c-10", "d")]
+    days = {keys[0]: [2, 7], keys[1]: [1, 3, 8], keys[2]: [5], keys[3]: [], keys[4]: [4, 6, 9]}
+    for key, stored in days.items():
+        for d in stored:
+            db[day_key(key, d)] = b"v"
+    cursor = db.iter()
+    for key in [*reversed(keys), *keys, keys[1], keys[4], keys[1]]:
+        assert stored_day_numbers(cursor, key, None) == days[key]
+        assert stored_day_numbers(cursor, key, 7) == [d for d in days[key] if d < 7]
+        assert stored_day_numbers(cursor, key, None) == [d for d, _ in stored_days(db, key, None)]
+    del cursor
     db.close()
 
 
